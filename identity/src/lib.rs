@@ -1,0 +1,9 @@
+//! Mesh identity for Warden.
+//!
+//! Who a workload is and who vouches for it: SPIFFE IDs, trust bundles, the mesh certificate
+//! authority (self-signed root or a plugin intermediate), the embedded agent that obtains and
+//! rotates workload certificates, the rustls configurations and the secure-naming verifiers that
+//! every Warden connection uses, and revocation.
+//!
+//! This crate knows nothing of sockets beyond what TLS needs, and nothing of policy.
+#![forbid(unsafe_code)]

@@ -1,0 +1,48 @@
+//! `warden`: the command-line entry point. Thin: it parses flags and calls into the crates.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+
+/// Warden: a service-mesh proxy that speaks Istio's configuration.
+#[derive(Debug, Parser)]
+#[command(name = "warden", version, about, propagate_version = true)]
+struct Cli {
+    /// Log filter in `tracing` syntax (overrides `RUST_LOG`), e.g. `info,warden_proxy=debug`.
+    #[arg(long, global = true, env = "WARDEN_LOG")]
+    log: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {}
+
+fn init_logging(filter: Option<&str>, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref(), cli.log_format);
+    match cli.command {}
+}
