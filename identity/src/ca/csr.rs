@@ -43,9 +43,6 @@ pub(crate) fn public_key_of(csr_pem: &str) -> Result<rcgen::SubjectPublicKeyInfo
             reason: format!("{} bytes of trailing data after the request", rest.len()),
         });
     }
-    csr.verify_signature().map_err(|e| CaError::CsrSignature {
-        reason: e.to_string(),
-    })?;
     let spki = &csr.certification_request_info.subject_pki;
     match spki.parsed() {
         Ok(PublicKey::RSA(rsa)) => {
@@ -67,6 +64,10 @@ pub(crate) fn public_key_of(csr_pem: &str) -> Result<rcgen::SubjectPublicKeyInfo
             });
         }
     }
+    // Key policy first: a 1024-bit RSA key would otherwise read as a bad signature.
+    csr.verify_signature().map_err(|e| CaError::CsrSignature {
+        reason: e.to_string(),
+    })?;
     rcgen::SubjectPublicKeyInfo::from_der(spki.raw).map_err(|e| CaError::UnsupportedKey {
         reason: format!(
             "key algorithm {} not supported ({e}); use ECDSA P-256/P-384 or RSA >= {MIN_RSA_BITS}",

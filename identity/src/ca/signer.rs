@@ -133,7 +133,7 @@ impl Signer {
                     .to_owned(),
             });
         }
-        x509::verify_leaf(&leaf, &self.chain_der[1..], roots, now, true)
+        x509::verify_leaf(&leaf, &self.chain_der, roots, now, true)
             .map_err(|reason| CaError::SelfCheck { reason })
     }
 }
