@@ -418,6 +418,13 @@ pub struct Inspection {
     pub now: OffsetDateTime,
 }
 
+/// Formats an instant as RFC 3339 in UTC, e.g. `2026-01-02T03:04:05Z`.
+pub fn fmt_time(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
 fn human(d: time::Duration) -> String {
     let secs = d.whole_seconds().unsigned_abs();
     let (days, hours, mins) = (secs / 86400, (secs % 86400) / 3600, (secs % 3600) / 60);
@@ -459,7 +466,7 @@ impl fmt::Display for Inspection {
             writeln!(f, "  subject:    {}", c.subject)?;
             writeln!(f, "  issuer:     {}", c.issuer)?;
             writeln!(f, "  serial:     {}", c.serial)?;
-            writeln!(f, "  not before: {}", c.not_before)?;
+            writeln!(f, "  not before: {}", fmt_time(c.not_before))?;
             let left = c.not_after - self.now;
             let remaining = if self.now < c.not_before {
                 "NOT YET VALID".to_owned()
@@ -468,7 +475,7 @@ impl fmt::Display for Inspection {
             } else {
                 format!("{} left", human(left))
             };
-            writeln!(f, "  not after:  {} ({remaining})", c.not_after)?;
+            writeln!(f, "  not after:  {} ({remaining})", fmt_time(c.not_after))?;
             writeln!(f, "  key:        {}", c.key)?;
             writeln!(
                 f,
