@@ -366,10 +366,14 @@ pub struct IssuedRecord {
     pub not_after: i64,
 }
 
+/// Appends between two prunings of expired records.
+const PRUNE_EVERY: usize = 4096;
+
 struct LogInner {
     records: HashMap<Serial, IssuedRecord>,
     file: Option<File>,
     lines: usize,
+    appends_since_prune: usize,
 }
 
 /// The log of issued certificates: what revoking an identity needs to find its serials.
@@ -454,6 +458,7 @@ impl IssuedLog {
                 lines: records.len(),
                 records,
                 file: Some(file),
+                appends_since_prune: 0,
             }),
             path: Some(path),
         })
@@ -468,6 +473,7 @@ impl IssuedLog {
                 records,
                 file: None,
                 lines,
+                appends_since_prune: 0,
             }),
             path: Some(path),
         })
@@ -481,6 +487,7 @@ impl IssuedLog {
                 records: HashMap::new(),
                 file: None,
                 lines: 0,
+                appends_since_prune: 0,
             }),
         }
     }
@@ -510,16 +517,21 @@ impl IssuedLog {
         }
         inner.records.insert(record.serial.clone(), record);
         inner.lines += 1;
-        // Compact when the file holds mostly dead lines.
-        if inner.lines > 4096 && inner.lines > 2 * inner.records.len() {
+        inner.appends_since_prune += 1;
+        // Every few thousand appends: forget expired records, and rewrite the file when it holds
+        // mostly dead lines.
+        if inner.appends_since_prune >= PRUNE_EVERY {
+            inner.appends_since_prune = 0;
             let now = now.unix_timestamp();
             inner.records.retain(|_, r| r.not_after > now);
-            if let Some(path) = &self.path {
-                write_atomic(path, render(&inner.records).as_bytes(), PUBLIC_MODE)
-                    .map_err(|e| CaError::io("compacting", path, e))?;
-                inner.file = Some(open_append(path)?);
+            if inner.lines > 2 * inner.records.len() {
+                if let Some(path) = &self.path {
+                    write_atomic(path, render(&inner.records).as_bytes(), PUBLIC_MODE)
+                        .map_err(|e| CaError::io("compacting", path, e))?;
+                    inner.file = Some(open_append(path)?);
+                }
+                inner.lines = inner.records.len();
             }
-            inner.lines = inner.records.len();
         }
         Ok(())
     }
@@ -583,4 +595,82 @@ pub fn revoke_serial_in_dir(
         rec.as_ref().map(|r| &r.identity),
         now,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(sa: &str) -> SpiffeId {
+        SpiffeId::parse(&format!("spiffe://cluster.local/ns/default/sa/{sa}")).unwrap()
+    }
+
+    #[test]
+    fn log_forgets_expired_records_and_compacts_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let log = IssuedLog::open(dir.path(), now).unwrap();
+        let live = IssuedRecord {
+            serial: Serial::random(),
+            identity: id("live"),
+            not_after: (now + time::Duration::days(1)).unix_timestamp(),
+        };
+        log.record(live.clone(), now).unwrap();
+        let later = now + time::Duration::hours(1);
+        // The live record was the first append; this makes PRUNE_EVERY in all.
+        for _ in 0..PRUNE_EVERY - 1 {
+            let rec = IssuedRecord {
+                serial: Serial::random(),
+                identity: id("short"),
+                not_after: (now + time::Duration::minutes(1)).unix_timestamp(),
+            };
+            log.record(rec, later).unwrap();
+        }
+        assert_eq!(log.len(), 1, "expired records forgotten");
+        let text = fs::read_to_string(dir.path().join(ISSUED_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 1, "file compacted");
+        assert_eq!(log.unexpired_for(&id("live"), later), vec![live.clone()]);
+        // Appends keep going to the new file.
+        log.record(
+            IssuedRecord {
+                serial: Serial::random(),
+                identity: id("after"),
+                not_after: (now + time::Duration::days(1)).unix_timestamp(),
+            },
+            later,
+        )
+        .unwrap();
+        let reread = IssuedLog::read_only(dir.path(), later).unwrap();
+        assert_eq!(reread.len(), 2);
+        assert_eq!(reread.find(&live.serial), Some(live));
+    }
+
+    #[test]
+    fn two_stores_on_one_file_lose_no_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let a = RevocationStore::open(dir.path()).unwrap();
+        let b = RevocationStore::open(dir.path()).unwrap();
+        assert!(
+            a.revoke_serial(&"01".parse().unwrap(), None, None, now)
+                .unwrap()
+        );
+        assert!(
+            b.revoke_serial(&"02".parse().unwrap(), None, None, now)
+                .unwrap()
+        );
+        b.revoke_identity(&id("x"), &[], now).unwrap();
+        let (list, _) = a.snapshot().unwrap();
+        assert_eq!(list.serials.len(), 2, "b's change kept a's");
+        assert!(a.is_identity_revoked(&id("x")).unwrap());
+        assert!(b.unrevoke_identity(&id("x")).unwrap());
+        assert!(!a.is_identity_revoked(&id("x")).unwrap());
+        assert!(!b.unrevoke_identity(&id("x")).unwrap());
+        // A corrupt file is an error, not an empty list.
+        fs::write(dir.path().join(REVOKED_FILE), "{not json").unwrap();
+        assert!(matches!(
+            a.is_identity_revoked(&id("x")),
+            Err(CaError::CorruptState { .. })
+        ));
+    }
 }

@@ -495,6 +495,14 @@ impl CertificateAuthority {
 
         let state = self.state.load();
         let signer = &state.signer;
+        if signer.chain_not_after <= now {
+            // The CA (or a certificate above it) expired while running: issue nothing.
+            return Err(CaError::Expired {
+                path: signer.source.clone(),
+                subject: signer.subject.clone(),
+                not_after: signer.chain_not_after,
+            });
+        }
         let not_before = now - self.options.backdate;
         let not_after = (now + time::Duration::seconds(ttl_secs)).min(signer.chain_not_after);
         let serial = Serial::random();
