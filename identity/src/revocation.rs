@@ -546,7 +546,7 @@ impl IssuedLog {
             .filter(|r| &r.identity == identity && r.not_after > now)
             .cloned()
             .collect();
-        out.sort_by(|a, b| a.not_after.cmp(&b.not_after));
+        out.sort_by_key(|r| r.not_after);
         out
     }
 

@@ -469,7 +469,8 @@ mod tests {
 
     #[test]
     fn valid_ids() {
-        let cases: &[(&str, &str, &str, Option<(&str, &str)>)] = &[
+        type Case<'a> = (&'a str, &'a str, &'a str, Option<(&'a str, &'a str)>);
+        let cases: &[Case<'_>] = &[
             (
                 "spiffe://cluster.local/ns/default/sa/bookinfo",
                 "cluster.local",

@@ -261,7 +261,7 @@ pub(crate) fn load_or_create(
         prev_loaded.push((x509::not_after(&p), der.clone(), cp.clone(), pkey));
         roots.push(RootInfo::of(&p, RootStatus::Previous, desc));
     }
-    prev_loaded.sort_by(|a, b| b.0.cmp(&a.0));
+    prev_loaded.sort_by_key(|p| std::cmp::Reverse(p.0));
     for (_, der, path, pkey) in prev_loaded {
         if !bundle.contains(&der) {
             bundle.push(der.clone());
