@@ -597,6 +597,16 @@ pub fn revoke_serial_in_dir(
     )
 }
 
+/// Lifts an identity's revocation in a CA state directory, from a process other than the CA.
+pub fn unrevoke_identity_in_dir(state_dir: &Path, identity: &SpiffeId) -> Result<bool, CaError> {
+    RevocationStore::open(state_dir)?.unrevoke_identity(identity)
+}
+
+/// The revocation list of a CA state directory (for listing from a command).
+pub fn revocation_list_in_dir(state_dir: &Path) -> Result<RevocationList, CaError> {
+    Ok(RevocationStore::open(state_dir)?.snapshot()?.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

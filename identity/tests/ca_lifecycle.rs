@@ -442,3 +442,111 @@ fn plugin_crl_file_is_checked_and_published() {
         "{err:?}"
     );
 }
+
+#[test]
+fn serving_certificate_with_extra_sans() {
+    use warden_identity::ca::ExtraSans;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::self_signed(dir.path(), CaOptions::default()).unwrap();
+    let identity = id("istio-system", "istiod");
+    let extra = ExtraSans {
+        dns: vec!["istiod.istio-system.svc".into(), "localhost".into()],
+        ips: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+    };
+    let (_k, csr) = csr(&identity);
+    let issued = ca
+        .sign_csr_with_extra_sans(&csr, &identity, 3600, &extra)
+        .unwrap();
+    let leaf = der(issued.leaf_pem());
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(&leaf).unwrap();
+    let san = c.subject_alternative_name().unwrap().unwrap();
+    assert!(san.critical);
+    let names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(
+        names[0].contains(identity.as_str()),
+        "the identity comes first: {names:?}"
+    );
+    assert!(names.iter().any(|n| n.contains("istiod.istio-system.svc")));
+    if have_openssl("serving_certificate_with_extra_sans") {
+        let t = tempfile::tempdir().unwrap();
+        let r = put(t.path(), "root.pem", &ca.root_bundle_pem());
+        let l = put(t.path(), "leaf.pem", issued.leaf_pem());
+        openssl_verify(&r, None, &["-verify_hostname", "localhost"], &l).unwrap();
+        openssl_verify(&r, None, &["-verify_ip", "127.0.0.1"], &l).unwrap();
+        assert!(openssl_verify(&r, None, &["-verify_hostname", "evil.example"], &l).is_err());
+        // The root fingerprint the CA reports is openssl's.
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(&r)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout)
+            .to_lowercase()
+            .replace(':', "");
+        assert!(
+            text.contains(&ca.roots()[0].sha256_fingerprint),
+            "{text} vs {}",
+            ca.roots()[0].sha256_fingerprint
+        );
+    }
+    for bad in ["", "a b", "under_score.example", "-.", "x..y"] {
+        let extra = ExtraSans {
+            dns: vec![bad.into()],
+            ips: vec![],
+        };
+        assert!(
+            matches!(
+                ca.sign_csr_with_extra_sans(&csr, &identity, 3600, &extra),
+                Err(CaError::InvalidDnsName { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn reload_if_changed_follows_files_replaced_beside_the_running_ca() {
+    // Self-signed: a rotation done by another process (e.g. a CLI) is picked up.
+    let dir = tempfile::tempdir().unwrap();
+    let running = CertificateAuthority::self_signed(dir.path(), CaOptions::default()).unwrap();
+    assert!(!running.reload_if_changed().unwrap(), "nothing changed");
+    let other = CertificateAuthority::self_signed(dir.path(), CaOptions::default()).unwrap();
+    let new_root = other.rotate_root(KeyAlgorithm::EcdsaP256).unwrap();
+    assert!(running.reload_if_changed().unwrap());
+    assert_eq!(running.roots()[0].serial, new_root.serial);
+    assert_eq!(running.root_bundle_der().len(), 2);
+    assert!(!running.reload_if_changed().unwrap());
+
+    // Plugin: a replaced intermediate (same root) is picked up.
+    let plugin = plugin_dir(|_| {});
+    let ca = CertificateAuthority::plugin(plugin.path(), None, CaOptions::default()).unwrap();
+    let before = issue(&ca, "default", "p");
+    let now = OffsetDateTime::now_utc();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&plugin.root_pem(), &plugin.root_key).unwrap();
+    let next = ca_params(
+        "Next Intermediate",
+        now - time::Duration::minutes(1),
+        now + time::Duration::days(30),
+        Some(0),
+    )
+    .signed_by(&key, &issuer)
+    .unwrap();
+    put(plugin.path(), "ca-key.pem", &key.serialize_pem());
+    put(plugin.path(), "ca-cert.pem", &next.pem());
+    put(
+        plugin.path(),
+        "cert-chain.pem",
+        &format!("{}{}", next.pem(), plugin.root_pem()),
+    );
+    assert!(ca.reload_if_changed().unwrap());
+    let after = issue(&ca, "default", "p");
+    assert_ne!(after.chain_pem[1], before.chain_pem[1]);
+    assert_eq!(der(&after.chain_pem[1]), der(&next.pem()));
+}

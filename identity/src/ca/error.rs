@@ -249,6 +249,12 @@ pub enum CaError {
         /// The allowed trust domains, comma-separated.
         allowed: String,
     },
+    /// An extra DNS SAN is not a valid DNS name.
+    #[error("invalid DNS name {name:?} for a certificate SAN")]
+    InvalidDnsName {
+        /// The name as given.
+        name: String,
+    },
     /// Building or signing a certificate or CRL failed in the library.
     #[error("signing failed: {reason}")]
     Sign {

@@ -137,6 +137,42 @@ impl IssuedCertificate {
     }
 }
 
+/// DNS names and IP addresses to add after the identity in a serving certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtraSans {
+    /// DNS names, e.g. `istiod.istio-system.svc`, `localhost`.
+    pub dns: Vec<String>,
+    /// IP addresses, e.g. `127.0.0.1`, `::1`.
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+impl ExtraSans {
+    fn to_san_types(&self) -> Result<Vec<rcgen::SanType>, CaError> {
+        let mut out = Vec::with_capacity(self.dns.len() + self.ips.len());
+        for name in &self.dns {
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+                });
+            if !valid {
+                return Err(CaError::InvalidDnsName { name: name.clone() });
+            }
+            out.push(rcgen::SanType::DnsName(
+                name.as_str()
+                    .try_into()
+                    .map_err(|_| CaError::InvalidDnsName { name: name.clone() })?,
+            ));
+        }
+        out.extend(self.ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+        Ok(out)
+    }
+}
+
 /// The role of a root in the trust bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RootStatus {
@@ -161,6 +197,8 @@ pub struct RootInfo {
     pub not_after: OffsetDateTime,
     /// Its key type, e.g. `ECDSA P-256`.
     pub key: String,
+    /// SHA-256 of its DER encoding, lowercase hex (what `openssl x509 -fingerprint -sha256` shows).
+    pub sha256_fingerprint: String,
     /// Its role.
     pub status: RootStatus,
 }
@@ -177,6 +215,14 @@ impl RootInfo {
             not_before: x509::not_before(cert),
             not_after: x509::not_after(cert),
             key: key.to_owned(),
+            sha256_fingerprint: aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                cert.as_raw(),
+            )
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
             status,
         }
     }
@@ -245,6 +291,52 @@ pub struct CertificateAuthority {
     issued: IssuedLog,
     /// Per signer serial: (revocation generation, CRL).
     crl_cache: Mutex<HashMap<Serial, (u64, Arc<Crl>)>>,
+    /// Identity (inode, mtime, length) of the CA files at the last load.
+    files_stamp: Mutex<Vec<FileStamp>>,
+}
+
+type FileStamp = (PathBuf, Option<(u64, i64, i64, u64)>);
+
+/// What identifies the current content of every CA file (a changed file changes its stamp;
+/// atomic replacement changes the inode).
+fn files_stamp(mode: &CaMode) -> Vec<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let mut paths: Vec<PathBuf> = match mode {
+        CaMode::SelfSigned { dir } => {
+            let mut v = vec![dir.join("root-cert.pem"), dir.join("root-key.pem")];
+            if let Ok(entries) = std::fs::read_dir(dir.join("roots")) {
+                v.extend(entries.flatten().map(|e| e.path()));
+            }
+            v
+        }
+        CaMode::Plugin { files } => {
+            let mut v = vec![
+                files.ca_cert.clone(),
+                files.ca_key.clone(),
+                files.root_cert.clone(),
+            ];
+            v.extend(files.cert_chain.clone());
+            v.push(
+                files
+                    .ca_cert
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("ca-crl.pem"),
+            );
+            v
+        }
+    };
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            // Follow symlinks: Kubernetes secret mounts swap a `..data` symlink.
+            let m = std::fs::metadata(&p)
+                .ok()
+                .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.len()));
+            (p, m)
+        })
+        .collect()
 }
 
 impl fmt::Debug for CertificateAuthority {
@@ -415,6 +507,7 @@ impl CertificateAuthority {
             "mesh CA ready"
         );
         Self {
+            files_stamp: Mutex::new(files_stamp(&mode)),
             mode,
             options,
             state: ArcSwap::from_pointee(state),
@@ -455,6 +548,37 @@ impl CertificateAuthority {
         requested_ttl_secs: i64,
         now: OffsetDateTime,
     ) -> Result<IssuedCertificate, CaError> {
+        self.issue(
+            csr_pem,
+            identity,
+            requested_ttl_secs,
+            &ExtraSans::default(),
+            now,
+        )
+    }
+
+    /// Like [`sign_csr`](Self::sign_csr), with DNS and IP SANs after the identity: for the
+    /// control plane's own serving certificate (`istiod.istio-system.svc`, `localhost`,
+    /// `127.0.0.1`...). Workload certificates carry the identity only; use `sign_csr` for them.
+    pub fn sign_csr_with_extra_sans(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        requested_ttl_secs: i64,
+        extra: &ExtraSans,
+    ) -> Result<IssuedCertificate, CaError> {
+        self.issue(csr_pem, identity, requested_ttl_secs, extra, now_utc())
+    }
+
+    fn issue(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        requested_ttl_secs: i64,
+        extra: &ExtraSans,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCertificate, CaError> {
+        let extra_sans = extra.to_san_types()?;
         let td = identity.trust_domain_name();
         if td != self.options.trust_domain.as_str()
             && !self
@@ -506,7 +630,14 @@ impl CertificateAuthority {
         let not_before = now - self.options.backdate;
         let not_after = (now + time::Duration::seconds(ttl_secs)).min(signer.chain_not_after);
         let serial = Serial::random();
-        let leaf = signer.sign_leaf(&public_key, identity, &serial, not_before, not_after)?;
+        let leaf = signer.sign_leaf(
+            &public_key,
+            identity,
+            &extra_sans,
+            &serial,
+            not_before,
+            not_after,
+        )?;
         // Second-precision, as encoded.
         let not_before = not_before.replace_nanosecond(0).unwrap_or(not_before);
         let not_after = not_after.replace_nanosecond(0).unwrap_or(not_after);
@@ -560,9 +691,24 @@ impl CertificateAuthority {
     }
 
     fn reload_locked(&self, now: OffsetDateTime) -> Result<(), CaError> {
+        let stamp = files_stamp(&self.mode);
         let state = load_state(&self.mode, &self.options, now)?;
         self.state.store(Arc::new(state));
+        *self.files_stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
         Ok(())
+    }
+
+    /// Reloads (as [`reload`](Self::reload)) only if a CA file changed since the last load:
+    /// cheap enough to call every few seconds, so a running control plane follows a replaced
+    /// plugin secret or a rotation done by a command beside it. Returns whether it reloaded.
+    pub fn reload_if_changed(&self) -> Result<bool, CaError> {
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let current = files_stamp(&self.mode);
+        if *self.files_stamp.lock().unwrap_or_else(|p| p.into_inner()) == current {
+            return Ok(false);
+        }
+        self.reload_locked(now_utc())?;
+        Ok(true)
     }
 
     fn self_signed_layout(&self, operation: &'static str) -> Result<selfsigned::Layout, CaError> {

@@ -94,11 +94,13 @@ impl Signer {
         &self,
         public_key: &impl PublicKeyData,
         identity: &SpiffeId,
+        extra_sans: &[SanType],
         serial: &Serial,
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<CertificateDer<'static>, CaError> {
-        let params = leaf_params(identity, serial, not_before, not_after)?;
+        let mut params = leaf_params(identity, serial, not_before, not_after)?;
+        params.subject_alt_names.extend_from_slice(extra_sans);
         params
             .signed_by(public_key, &self.issuer)
             .map(|c| c.der().clone())
@@ -118,6 +120,7 @@ impl Signer {
         let leaf = self.sign_leaf(
             &key,
             probe_identity,
+            &[],
             &Serial::random(),
             now - time::Duration::minutes(1),
             not_after,
