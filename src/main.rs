@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod certs;
+
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
 #[derive(Debug, Parser)]
 #[command(name = "warden", version, about, propagate_version = true)]
@@ -24,7 +26,11 @@ enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Make and inspect mesh certificates: root CA, cluster intermediates, workload certificates.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+}
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
@@ -44,5 +50,7 @@ fn init_logging(filter: Option<&str>, format: LogFormat) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref(), cli.log_format);
-    match cli.command {}
+    match cli.command {
+        Command::Certs(cmd) => certs::run(cmd),
+    }
 }

@@ -7,3 +7,16 @@
 //!
 //! This crate knows nothing of sockets beyond what TLS needs, and nothing of policy.
 #![forbid(unsafe_code)]
+
+pub mod ca;
+mod fsutil;
+pub mod keys;
+pub mod revocation;
+pub mod spiffe;
+pub mod tools;
+pub mod x509;
+
+pub use ca::{CaError, CaOptions, CertificateAuthority, IssuedCertificate};
+pub use keys::KeyAlgorithm;
+pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use x509::Serial;
