@@ -20,3 +20,12 @@ pub use ca::{CaError, CaOptions, CertificateAuthority, IssuedCertificate};
 pub use keys::KeyAlgorithm;
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use x509::Serial;
+
+/// Generated protocol types and gRPC stubs (compiled from `identity/proto` by `build.rs`).
+pub mod proto {
+    /// `istio.v1.auth`: Istio's certificate service (`IstioCertificateService`), client and server.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod istio_ca {
+        tonic::include_proto!("istio.v1.auth");
+    }
+}
