@@ -494,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn sec1_and_pkcs1_private_keys_load() {
+    fn sec1_ec_and_pkcs8_rsa_private_keys_load() {
         let ec = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("ec");
         let sec1 = ec.private_key().as_der().expect("sec1");
         let pem_text = pem_encode("EC PRIVATE KEY", sec1.as_ref());
@@ -502,9 +502,9 @@ mod tests {
         assert_eq!(key.algorithm(), Algorithm::ES256);
 
         let rsa = RsaKeyPair::generate(KeySize::Rsa2048).expect("rsa");
-        let pkcs1 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&rsa).expect("der");
+        let pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&rsa).expect("der");
         // Re-load through PKCS#8 and check the default algorithm.
-        let key = SigningKey::from_pem(&pem_encode("PRIVATE KEY", pkcs1.as_ref()), None)
+        let key = SigningKey::from_pem(&pem_encode("PRIVATE KEY", pkcs8.as_ref()), None)
             .expect("pkcs8 rsa");
         assert_eq!(key.algorithm(), Algorithm::RS256);
     }
