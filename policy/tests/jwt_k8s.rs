@@ -22,7 +22,7 @@ fn now() -> SystemTime {
 
 fn verifier_for(keys: &[&SigningKey]) -> SaTokenVerifier {
     let text = jwks_json(keys.iter().map(|k| k.public_jwk().expect("jwk")));
-    SaTokenVerifier::new(Jwks::from_json(&text).expect("jwks"))
+    SaTokenVerifier::from_jwks_json(&text).expect("jwks")
 }
 
 fn sa_claims() -> Value {

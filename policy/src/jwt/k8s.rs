@@ -163,6 +163,11 @@ impl SaTokenVerifier {
         }
     }
 
+    /// A verifier trusting the keys of a JWKS document (JSON text).
+    pub fn from_jwks_json(json: &str) -> Result<Self, JwksError> {
+        Ok(Self::new(Jwks::from_json(json)?))
+    }
+
     /// A verifier trusting the keys of a JWKS file.
     pub fn from_jwks_file(path: &Path) -> Result<Self, SaKeysError> {
         let shown_path = path.display().to_string();

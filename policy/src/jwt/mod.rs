@@ -57,6 +57,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shared_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<JwtAuthenticator>();
+        check::<Jwks>();
+        check::<MemoryJwksProvider>();
+        check::<SigningKey>();
+        check::<k8s::SaTokenVerifier>();
+        check::<JwtFailure>();
+    }
+
+    #[test]
     fn shown_truncates_on_char_boundaries() {
         assert_eq!(shown("abc"), "abc");
         let long = "é".repeat(100);
