@@ -890,3 +890,28 @@ fn locations_are_deduplicated_in_first_use_order() {
         ]
     );
 }
+
+#[test]
+fn rules_sharing_an_issuer_are_alternatives() {
+    // Two policies name the same issuer with different keys (a key rotation split across
+    // policies) and different audiences: any rule that accepts the token is enough.
+    let old_key = es256();
+    let new_key = es256();
+    let mut first = rule(ISS, &[&old_key]);
+    first.audiences = vec!["api".into()];
+    let second = rule(ISS, &[&new_key]);
+    let auth = compile(&[first, second]);
+    let with_aud = |key: &SigningKey, aud: &str| {
+        let mut c = claims(ISS);
+        c["aud"] = json!(aud);
+        bearer(&key.sign(&c).expect("sign"))
+    };
+    assert_eq!(ok(&auth, &with_aud(&old_key, "api")).rule, 0);
+    assert_eq!(ok(&auth, &with_aud(&new_key, "anything")).rule, 1);
+    // Verified by the first rule but for another audience; the second has no key for it.
+    let failure = fail(&auth, &with_aud(&old_key, "web"));
+    assert_eq!(failure.status_code(), 403, "{failure}");
+    // Signed by neither: the first rule's reason.
+    let failure = fail(&auth, &with_aud(&es256(), "api"));
+    assert_eq!(failure.kind(), "no_matching_key", "{failure}");
+}

@@ -542,39 +542,44 @@ impl JwtAuthenticator {
             }
             Err(reason) => return Err(JwtFailure::Malformed { reason }),
         };
-        let Some((rule_index, rule)) = self
-            .rules
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.issuer == issuer && r.locations.contains(&found.location))
-        else {
-            return Err(if self.rules.iter().any(|r| r.issuer == issuer) {
-                JwtFailure::IssuerNotAllowedHere {
-                    issuer: shown(issuer),
-                    location: self.locations[found.location].to_string(),
+        // Every rule for this issuer that reads this place may accept the token (Istio makes
+        // one Envoy provider per rule, required as "any of"): the first that does wins.
+        let mut chosen = None;
+        let mut first_failure = None;
+        for (index, rule) in self.rules.iter().enumerate() {
+            if rule.issuer != issuer || !rule.locations.contains(&found.location) {
+                continue;
+            }
+            match self.check_rule(rule, &jws, now) {
+                Ok(()) => {
+                    chosen = Some((index, rule));
+                    break;
                 }
-            } else {
-                JwtFailure::UnknownIssuer {
-                    issuer: shown(issuer),
+                // A verified token with a wrong audience says more than another rule's
+                // "no such key": report the 403.
+                Err(e @ JwtFailure::AudienceNotAllowed { .. }) => first_failure = Some(e),
+                Err(e) => {
+                    first_failure.get_or_insert(e);
                 }
+            }
+        }
+        let Some((rule_index, rule)) = chosen else {
+            return Err(match first_failure {
+                Some(failure) => failure,
+                None if self.rules.iter().any(|r| r.issuer == issuer) => {
+                    JwtFailure::IssuerNotAllowedHere {
+                        issuer: shown(issuer),
+                        location: self.locations[found.location].to_string(),
+                    }
+                }
+                None => JwtFailure::UnknownIssuer {
+                    issuer: shown(issuer),
+                },
             });
         };
 
-        self.verify_signature(rule, &jws)?;
-        check_times(&jws.claims, now, self.clock_skew)?;
-
         let malformed = |reason: String| JwtFailure::Malformed { reason };
         let audiences = token::audiences(&jws.claims).map_err(malformed)?;
-        if !rule.audiences.is_empty()
-            && !audiences
-                .iter()
-                .any(|a| rule.audiences.iter().any(|r| r == normalize_audience(a)))
-        {
-            return Err(JwtFailure::AudienceNotAllowed {
-                issuer: rule.issuer.clone(),
-                audiences: audiences.iter().map(|a| shown(a)).collect(),
-            });
-        }
         let subject = token::string_claim(&jws.claims, "sub")
             .map_err(malformed)?
             .unwrap_or_default()
@@ -615,6 +620,30 @@ impl JwtAuthenticator {
             params_to_remove,
             rule: rule_index,
         })
+    }
+
+    /// Signature, times and audience of `jws` under `rule`.
+    fn check_rule(
+        &self,
+        rule: &CompiledRule,
+        jws: &CompactJws<'_>,
+        now: u64,
+    ) -> Result<(), JwtFailure> {
+        self.verify_signature(rule, jws)?;
+        check_times(&jws.claims, now, self.clock_skew)?;
+        let audiences =
+            token::audiences(&jws.claims).map_err(|reason| JwtFailure::Malformed { reason })?;
+        if !rule.audiences.is_empty()
+            && !audiences
+                .iter()
+                .any(|a| rule.audiences.iter().any(|r| r == normalize_audience(a)))
+        {
+            return Err(JwtFailure::AudienceNotAllowed {
+                issuer: rule.issuer.clone(),
+                audiences: audiences.iter().map(|a| shown(a)).collect(),
+            });
+        }
+        Ok(())
     }
 
     fn verify_signature(
