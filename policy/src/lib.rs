@@ -8,4 +8,5 @@
 //! Pure logic: no sockets, no I/O beyond reading YAML files.
 #![forbid(unsafe_code)]
 
+pub mod jwt;
 pub mod jwt_rule;
