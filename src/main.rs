@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod certs;
+mod control;
 
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
 #[derive(Debug, Parser)]
@@ -30,6 +31,9 @@ enum Command {
     /// Make and inspect mesh certificates: root CA, cluster intermediates, workload certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Run the control plane (mesh CA on port 15012), or administer it: tokens, revocation,
+    /// root rotation.
+    Control(Box<control::ControlArgs>),
 }
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
@@ -52,5 +56,6 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log.as_deref(), cli.log_format);
     match cli.command {
         Command::Certs(cmd) => certs::run(cmd),
+        Command::Control(args) => control::run(*args),
     }
 }

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint, Uri};
+use warden_identity::proto::istio_ca::IstioCertificateRequest;
 use warden_identity::proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
 
 /// The server name checked by default (a DNS SAN of the serving certificate).
@@ -31,6 +32,9 @@ pub enum ClientError {
     /// The root bundle or client credential is unusable.
     #[error("client TLS setup: {0}")]
     Tls(String),
+    /// A request could not be built.
+    #[error("building the request: {0}")]
+    Request(String),
     /// Connecting failed.
     #[error("connecting to {addr}: {reason}")]
     Connect {
@@ -137,4 +141,25 @@ pub async fn connect(
             fail(reason)
         })?;
     Ok(IstioCertificateServiceClient::new(channel))
+}
+
+/// A `CreateCertificate` request for `csr_pem` (validity in seconds, 0 for the CA's default),
+/// with `authorization: Bearer <token>` when a token is given.
+pub fn request(
+    csr_pem: &str,
+    validity_secs: i64,
+    token: Option<&str>,
+) -> Result<tonic::Request<IstioCertificateRequest>, ClientError> {
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr: csr_pem.to_owned(),
+        validity_duration: validity_secs,
+        metadata: None,
+    });
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Request("the token is not valid metadata text".to_owned()))?;
+        req.metadata_mut().insert("authorization", value);
+    }
+    Ok(req)
 }

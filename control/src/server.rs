@@ -38,6 +38,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::service::Routes;
 use tower_service::Service as _;
 use warden_identity::ca::CaMode;
+use warden_identity::tools::fmt_time;
 use warden_identity::{CaOptions, CertificateAuthority};
 
 use crate::auth::{Authenticator, token_keys};
@@ -229,7 +230,7 @@ fn log_start(shared: &Shared, local_addr: SocketAddr) {
             serial = %root.serial,
             subject = %root.subject,
             status = ?root.status,
-            not_after = %root.not_after,
+            not_after = %fmt_time(root.not_after),
             sha256 = %root.sha256_fingerprint,
             "trusted root"
         );
@@ -241,7 +242,7 @@ fn log_start(shared: &Shared, local_addr: SocketAddr) {
         ca = %mode,
         root_sha256 = %ca.roots().first().map(|r| r.sha256_fingerprint.clone()).unwrap_or_default(),
         serving_identity = %shared.config.serving_identity(),
-        serving_not_after = %serving.not_after,
+        serving_not_after = %fmt_time(serving.not_after),
         token_kid = shared.token_key.kid(),
         root_bundle = %shared.config.paths().root_cert.display(),
         "warden control listening (CA gRPC and https://{local_addr}/ca/)"
@@ -383,6 +384,7 @@ async fn accept_loop(
         });
     }
     drop(listener);
+    while connections.try_join_next().is_some() {}
     let drain = shared.config.drain_timeout;
     tracing::info!(
         connections = connections.len(),
@@ -476,7 +478,7 @@ fn maintain(shared: &Shared) {
             c.serving_ttl,
         ) {
             Ok(cert) => {
-                tracing::info!(serial = %cert.serial, not_after = %cert.not_after, "renewed the serving certificate");
+                tracing::info!(serial = %cert.serial, not_after = %fmt_time(cert.not_after), "renewed the serving certificate");
                 shared.serving.replace(cert);
             }
             Err(e) => {

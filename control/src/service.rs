@@ -146,7 +146,7 @@ impl IstioCertificateService for CaService {
                 tracing::info!(
                     identity = %issued.identity,
                     serial = %issued.serial,
-                    not_after = %issued.not_after,
+                    not_after = %warden_identity::tools::fmt_time(issued.not_after),
                     via,
                     peer = ?remote,
                     "issued a certificate"
