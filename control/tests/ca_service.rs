@@ -605,6 +605,19 @@ async fn root_rotation_beside_a_running_control_plane() {
     let old_serving = h.cp.serving_cert().serial.clone();
     let td = TrustDomain::default();
 
+    // `rotate-root stage` in another process writes the staged key, then the certificate. A
+    // reload in between (the control plane polls the CA files) must leave the key alone.
+    let half_staged = h.state().join("ca/roots/staged-key.pem");
+    std::fs::create_dir_all(half_staged.parent().unwrap()).unwrap();
+    let orphan = warden_identity::KeyAlgorithm::EcdsaP256.generate().unwrap();
+    std::fs::write(&half_staged, orphan.serialize_pem()).unwrap();
+    h.cp.maintain_now().await;
+    assert!(
+        half_staged.exists(),
+        "a reload removed a staging in progress"
+    );
+    assert_eq!(h.cp.ca().roots().len(), 1, "a key alone stages nothing");
+
     let (staged, roots) =
         admin::root_operation(&h.state(), &td, &RootOperation::Stage(Default::default())).unwrap();
     assert_eq!(roots.len(), 2);
