@@ -8,7 +8,7 @@
 //!
 //! The documents are rendered when they change (by the control plane's maintenance loop), so a
 //! request only clones a reference-counted buffer. `HEAD` is answered too; other methods get
-//! 405, other paths under `/ca/` 404.
+//! 405, other paths 404 (gRPC requests, `content-type: application/grpc`, go to the service).
 
 use std::convert::Infallible;
 
@@ -92,6 +92,11 @@ impl Published {
         );
         resp
     }
+}
+
+/// The answer to a plain HTTP request outside [`PREFIX`] (gRPC requests go to the service).
+pub fn not_found() -> Response<tonic::body::Body> {
+    plain(StatusCode::NOT_FOUND, "not found\n")
 }
 
 fn boxed(bytes: Bytes) -> tonic::body::Body {

@@ -372,6 +372,13 @@ async fn accept_loop(
                     if req.uri().path().starts_with(publish::PREFIX) {
                         return Ok::<_, Infallible>(published.respond(&req));
                     }
+                    let is_grpc = req
+                        .headers()
+                        .get(http::header::CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                    if !is_grpc {
+                        return Ok(publish::not_found());
+                    }
                     grpc.call(req).await
                 }
             });

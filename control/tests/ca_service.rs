@@ -393,6 +393,10 @@ async fn revocation_is_picked_up_published_in_the_crl_and_enforced() {
         assert!(!crl_serials(&crl).contains(&serial_hex(&other.cert_chain[0])));
         let bundle = curl(&root, &h.https_url("/ca/root-cert.pem")).unwrap();
         assert_eq!(bundle, h.root_pem().as_bytes());
+        let der = curl(&root, &h.https_url("/ca/crl.der")).unwrap();
+        assert!(crl_serials_der(&der).contains(&serial));
+        let missing = curl(&root, &h.https_url("/")).unwrap_err();
+        assert!(missing.contains("404"), "{missing}");
         if have("openssl", "openssl verify -crl_check") {
             let crl_file = h.dir.path().join("crl.pem");
             std::fs::write(&crl_file, &crl).unwrap();

@@ -282,3 +282,11 @@ pub async fn client_cert_verdict(h: &Harness, cert: (&str, &str)) -> Result<(), 
         Err(_) => Err("no answer".to_owned()),
     }
 }
+
+/// The serials listed by a DER CRL.
+pub fn crl_serials_der(der: &[u8]) -> Vec<String> {
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der).unwrap();
+    crl.iter_revoked_certificates()
+        .map(|r| warden_identity::Serial::from_be_bytes(r.raw_serial()).to_string())
+        .collect()
+}
