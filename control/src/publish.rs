@@ -6,6 +6,10 @@
 //! | `GET /ca/crl.pem` | every CRL to check against (signing CA first), PEM | `application/x-pem-file` |
 //! | `GET /ca/crl.der` | the signing CA's CRL, DER | `application/pkix-crl` |
 //!
+//! When the CA cannot sign a CRL (a plugin intermediate whose keyUsage lacks cRLSign, as
+//! Istio's tools/certs make them), the CRL paths answer 503 with the reason; revocation is
+//! still enforced at issuance and at the TLS handshake.
+//!
 //! The documents are rendered when they change (by the control plane's maintenance loop), so a
 //! request only clones a reference-counted buffer. `HEAD` is answered too; other methods get
 //! 405, other paths 404 (gRPC requests, `content-type: application/grpc`, go to the service).
@@ -20,21 +24,28 @@ use http_body_util::{BodyExt, Full};
 /// The path prefix of the published documents.
 pub const PREFIX: &str = "/ca/";
 
+/// The CRLs as published, or why there are none.
+#[derive(Debug)]
+enum CrlDocs {
+    Ready { pem: Bytes, der: Bytes },
+    Unavailable(Bytes),
+}
+
 /// The published documents.
 #[derive(Debug)]
 pub struct Published {
     root_pem: ArcSwap<Bytes>,
-    crl_pem: ArcSwap<Bytes>,
-    crl_der: ArcSwap<Bytes>,
+    crl: ArcSwap<CrlDocs>,
 }
 
 impl Published {
-    /// Documents to publish.
-    pub fn new(root_pem: String, crl_pem: String, crl_der: Vec<u8>) -> Self {
+    /// Documents to publish; no CRL yet.
+    pub fn new(root_pem: String) -> Self {
         Self {
             root_pem: ArcSwap::from_pointee(Bytes::from(root_pem)),
-            crl_pem: ArcSwap::from_pointee(Bytes::from(crl_pem)),
-            crl_der: ArcSwap::from_pointee(Bytes::from(crl_der)),
+            crl: ArcSwap::from_pointee(CrlDocs::Unavailable(Bytes::from_static(
+                b"no CRL has been generated yet\n",
+            ))),
         }
     }
 
@@ -43,9 +54,12 @@ impl Published {
         Bytes::clone(&self.root_pem.load())
     }
 
-    /// The CRLs, PEM.
-    pub fn crl_pem(&self) -> Bytes {
-        Bytes::clone(&self.crl_pem.load())
+    /// The CRLs, PEM (`None` when no CRL can be published).
+    pub fn crl_pem(&self) -> Option<Bytes> {
+        match &**self.crl.load() {
+            CrlDocs::Ready { pem, .. } => Some(pem.clone()),
+            CrlDocs::Unavailable(_) => None,
+        }
     }
 
     /// Publishes a new trust bundle.
@@ -53,19 +67,40 @@ impl Published {
         self.root_pem.store(Bytes::from(pem).into());
     }
 
-    /// Publishes new CRLs.
+    /// Publishes new CRLs: all of them as PEM, the signing CA's as DER.
     pub fn set_crls(&self, pem: String, signing_der: Vec<u8>) {
-        self.crl_pem.store(Bytes::from(pem).into());
-        self.crl_der.store(Bytes::from(signing_der).into());
+        self.crl.store(
+            CrlDocs::Ready {
+                pem: Bytes::from(pem),
+                der: Bytes::from(signing_der),
+            }
+            .into(),
+        );
+    }
+
+    /// Publishes no CRL (the CA cannot sign one); the CRL paths answer 503 with `reason`.
+    pub fn set_crl_unavailable(&self, reason: &str) {
+        self.crl
+            .store(CrlDocs::Unavailable(Bytes::from(format!("no CRL: {reason}\n"))).into());
     }
 
     /// Answers a request whose path starts with [`PREFIX`].
     pub fn respond<B>(&self, req: &Request<B>) -> Response<tonic::body::Body> {
-        let (body, content_type) = match req.uri().path() {
-            "/ca/root-cert.pem" => (self.root_pem(), "application/x-pem-file"),
-            "/ca/crl.pem" => (self.crl_pem(), "application/x-pem-file"),
-            "/ca/crl.der" => (Bytes::clone(&self.crl_der.load()), "application/pkix-crl"),
-            _ => return plain(StatusCode::NOT_FOUND, "not found\n"),
+        let crl = self.crl.load();
+        let (body, content_type) = match (req.uri().path(), &**crl) {
+            ("/ca/root-cert.pem", _) => (self.root_pem(), "application/x-pem-file"),
+            ("/ca/crl.pem", CrlDocs::Ready { pem, .. }) => (pem.clone(), "application/x-pem-file"),
+            ("/ca/crl.der", CrlDocs::Ready { der, .. }) => (der.clone(), "application/pkix-crl"),
+            ("/ca/crl.pem" | "/ca/crl.der", CrlDocs::Unavailable(why)) => {
+                let mut resp = Response::new(boxed(why.clone()));
+                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                return resp;
+            }
+            _ => return not_found(),
         };
         let head = match *req.method() {
             Method::GET => false,
@@ -123,8 +158,13 @@ mod tests {
 
     #[tokio::test]
     async fn routes_methods_and_updates() {
-        let p = Published::new("ROOT".into(), "CRL".into(), vec![1, 2]);
+        let p = Published::new("ROOT".into());
         let get = |path: &str| Request::get(path).body(()).unwrap();
+        assert_eq!(
+            p.respond(&get("/ca/crl.pem")).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        p.set_crls("CRL".into(), vec![1, 2]);
         let r = p.respond(&get("/ca/root-cert.pem"));
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/x-pem-file");

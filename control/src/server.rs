@@ -77,6 +77,8 @@ struct Maintenance {
     last_root_check: Instant,
     next_serving_attempt: Instant,
     jwks_stamps: HashMap<PathBuf, Option<FileStamp>>,
+    /// The last CRL failure, logged once rather than on every pass.
+    crl_error: Option<String>,
 }
 
 type FileStamp = (u64, i64, i64, u64);
@@ -145,7 +147,7 @@ impl ControlPlane {
         let root_pem = ca.root_bundle_pem();
         write_atomic(&paths.root_cert, root_pem.as_bytes(), PUBLIC_MODE)
             .map_err(|e| ControlError::io("writing", &paths.root_cert, e))?;
-        let (crl_pem, crl_der, _, _) = render_crls(&ca)?;
+
         let clients = Arc::new(MeshClientVerifier::new(ca.clone(), provider.clone())?);
         let auth = Arc::new(Authenticator::new(
             keys,
@@ -159,23 +161,33 @@ impl ControlPlane {
             .iter()
             .map(|p| (p.clone(), file_stamp(p)))
             .collect();
-        Ok(Self {
+        let this = Self {
             shared: Arc::new(Shared {
                 provider,
                 ca,
                 auth,
                 token_key,
-                published: Arc::new(Published::new(root_pem, crl_pem, crl_der)),
+                published: Arc::new(Published::new(root_pem)),
                 serving: Arc::new(ServingCertResolver::new(serving)),
                 clients,
                 maintenance: Mutex::new(Maintenance {
                     last_root_check: now,
                     next_serving_attempt: now,
                     jwks_stamps,
+                    crl_error: None,
                 }),
                 config,
             }),
-        })
+        };
+        publish_crls(
+            &this.shared,
+            &mut this
+                .shared
+                .maintenance
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        Ok(this)
     }
 
     /// The CA.
@@ -422,6 +434,30 @@ async fn maintenance_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<boo
     }
 }
 
+/// Regenerates (if due) and publishes the CRLs. A CA that cannot sign a CRL still runs: the
+/// failure is logged once and the CRL paths say why there is none.
+fn publish_crls(shared: &Shared, m: &mut Maintenance) {
+    match render_crls(&shared.ca) {
+        Ok((pem, der, number, revoked)) => {
+            m.crl_error = None;
+            if shared.published.crl_pem().as_deref() != Some(pem.as_bytes()) {
+                shared.published.set_crls(pem, der);
+                tracing::info!(number, revoked, "published a new CRL");
+            }
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            if m.crl_error.as_deref() != Some(reason.as_str()) {
+                tracing::error!(
+                    "no CRL can be published (revocation is still enforced at issuance and at the handshake): {reason}"
+                );
+                shared.published.set_crl_unavailable(&reason);
+                m.crl_error = Some(reason);
+            }
+        }
+    }
+}
+
 /// One maintenance pass. Blocking. Every step logs its own failure and leaves the state in
 /// force as it was.
 fn maintain(shared: &Shared) {
@@ -458,15 +494,7 @@ fn maintain(shared: &Shared) {
         }
     }
 
-    match render_crls(ca) {
-        Ok((pem, der, number, revoked)) => {
-            if *shared.published.crl_pem() != *pem.as_bytes() {
-                shared.published.set_crls(pem, der);
-                tracing::info!(number, revoked, "published a new CRL");
-            }
-        }
-        Err(e) => tracing::error!("CRL: {e}"),
-    }
+    publish_crls(shared, &mut m);
 
     let now = Instant::now();
     if now >= m.next_serving_attempt

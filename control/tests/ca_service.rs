@@ -548,6 +548,86 @@ async fn plugin_ca_issues_chains_that_openssl_verifies() {
     h.cp.shutdown().await;
 }
 
+/// An Istio-style plugin directory whose intermediate may not sign CRLs (Istio's tools/certs
+/// give intermediates keyCertSign without cRLSign).
+fn plugin_without_crl_sign(dir: &std::path::Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let ca = |cn: &str, usages: Vec<KeyUsagePurpose>| {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::OrganizationName, "Istio");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = usages;
+        p.use_authority_key_identifier_extension = true;
+        p
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let root = ca(
+        "Root CA",
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign],
+    )
+    .self_signed(&root_key)
+    .unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let issuer = Issuer::from_ca_cert_der(root.der(), &root_key).unwrap();
+    let inter = ca(
+        "Intermediate CA",
+        vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ],
+    )
+    .signed_by(&ca_key, &issuer)
+    .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("root-cert.pem"), root.pem()).unwrap();
+    std::fs::write(dir.join("ca-cert.pem"), inter.pem()).unwrap();
+    std::fs::write(dir.join("ca-key.pem"), ca_key.serialize_pem()).unwrap();
+    std::fs::write(
+        dir.join("cert-chain.pem"),
+        format!("{}{}", inter.pem(), root.pem()),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_ca_that_cannot_sign_crls_still_issues_and_enforces_revocation() {
+    let h = start(|dir, c| {
+        let plugin = dir.join("cacerts");
+        plugin_without_crl_sign(&plugin);
+        c.ca = CaSource::Plugin { dir: plugin };
+    })
+    .await;
+    let mut client = h.client().await;
+    let identity = id("shop", "cart");
+    let (_, csr) = key_and_csr(&identity);
+    let token = h.token("shop", "cart");
+    create(&mut client, request(&csr, 0, Some(&token)))
+        .await
+        .expect("issues without a CRL");
+    admin::revoke_identity(&h.state(), &identity).unwrap();
+    h.cp.maintain_now().await;
+    let status = create(&mut client, request(&csr, 0, Some(&token)))
+        .await
+        .expect_err("revocation is enforced without a CRL");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    if have("curl", "CRL endpoint of a CA without cRLSign") {
+        let err = curl(&h.root_file(), &h.https_url("/ca/crl.pem")).unwrap_err();
+        assert!(err.contains("503"), "{err}");
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(h.root_file())
+            .arg(h.https_url("/ca/crl.der"))
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.contains("cRLSign"), "{body}");
+    }
+    h.cp.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_issuer_keys_from_a_jwks_file_follow_the_file() {
     let issuer_a = SigningKey::generate(Algorithm::ES256).unwrap();
