@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod check;
+
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
 #[derive(Debug, Parser)]
 #[command(name = "warden", version, about, propagate_version = true)]
@@ -24,7 +26,10 @@ enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Explain what Istio security policy decides for a workload and a request.
+    Check(check::CheckArgs),
+}
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
@@ -44,5 +49,7 @@ fn init_logging(filter: Option<&str>, format: LogFormat) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref(), cli.log_format);
-    match cli.command {}
+    match cli.command {
+        Command::Check(args) => std::process::exit(check::run(args)),
+    }
 }
