@@ -245,7 +245,7 @@ fn execute(args: &CheckArgs) -> Result<i32, String> {
     let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
     let warnings: Vec<String> = loaded.warnings().map(ToString::to_string).collect();
     let set = PolicySet::new(
-        loaded.resources().cloned(),
+        loaded.resources(),
         &PolicySetOptions {
             root_namespace: args.root_namespace.clone(),
         },

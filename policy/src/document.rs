@@ -206,7 +206,7 @@ pub fn parse_documents(file: &Path, text: &str) -> ParsedDocuments {
 fn push_document(out: &mut ParsedDocuments, location: Location, value: serde_yaml::Value) {
     match document_from_value(location, value) {
         Ok(d) => out.documents.push(d),
-        Err(e) => out.errors.push(e),
+        Err(e) => out.errors.push(*e),
     }
 }
 
@@ -227,17 +227,19 @@ fn resolve_merge_keys(mut v: serde_yaml::Value) -> serde_yaml::Value {
 pub fn document_from_value(
     location: Location,
     raw: serde_yaml::Value,
-) -> Result<Document, ConfigError> {
-    let err = |field: &str, problem: Problem| ConfigError {
-        location: location.clone(),
-        resource: None,
-        field: field.to_owned(),
-        problem,
+) -> Result<Document, Box<ConfigError>> {
+    let err = |field: &str, problem: Problem| {
+        Box::new(ConfigError {
+            location: location.clone(),
+            resource: None,
+            field: field.to_owned(),
+            problem,
+        })
     };
     if !raw.is_mapping() {
         return Err(err("", Problem::NotAMapping));
     }
-    let string_field = |name: &str| -> Result<String, ConfigError> {
+    let string_field = |name: &str| -> Result<String, Box<ConfigError>> {
         match raw.get(name) {
             Some(serde_yaml::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
             Some(serde_yaml::Value::String(_)) | Some(serde_yaml::Value::Null) | None => {

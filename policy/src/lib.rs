@@ -23,7 +23,7 @@
 //! "#;
 //! let report = load::LoadReport::from_files(vec![load::parse_file("inline.yaml".as_ref(), yaml)]);
 //! assert!(!report.has_errors());
-//! let set = PolicySet::new(report.resources().cloned(), &PolicySetOptions::default());
+//! let set = PolicySet::new(report.resources(), &PolicySetOptions::default());
 //! let labels = BTreeMap::new();
 //! let compiled = set.compile_for(&WorkloadRef { namespace: "shop", labels: &labels });
 //! let conn = ConnectionContext::new("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), 8080);

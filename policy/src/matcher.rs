@@ -287,7 +287,7 @@ impl IssSubMatch {
                 iss: StrMatch::Any,
                 sub: StrMatch::Any,
             }
-        } else if value.starts_with('*') {
+        } else if let Some(rest) = value.strip_prefix('*') {
             if found {
                 IssSubMatch {
                     iss: if iss == "*" {
@@ -300,7 +300,7 @@ impl IssSubMatch {
             } else {
                 IssSubMatch {
                     iss: StrMatch::Any,
-                    sub: StrMatch::Suffix(value[1..].into()),
+                    sub: StrMatch::Suffix(rest.into()),
                 }
             }
         } else if let Some(stripped) = value.strip_suffix('*') {
@@ -481,9 +481,9 @@ mod tests {
         assert!(!host.matches_ignore_case("example.com"));
     }
 
-    fn vals<'a>(
-        v: &'a [&'a str],
-    ) -> impl Fn() -> std::iter::Map<std::slice::Iter<'a, &'a str>, fn(&&'a str) -> &'a [u8]> {
+    type Values<'a> = std::iter::Map<std::slice::Iter<'a, &'a str>, fn(&&'a str) -> &'a [u8]>;
+
+    fn vals<'a>(v: &'a [&'a str]) -> impl Fn() -> Values<'a> {
         move || {
             v.iter()
                 .map((|s: &&str| s.as_bytes()) as fn(&&'a str) -> &'a [u8])

@@ -156,8 +156,11 @@ pub struct CompiledPolicies {
 }
 
 impl PolicySet {
-    /// Compiles and indexes resources (duplicates by kind/namespace/name: the last one wins).
-    pub fn new(resources: impl IntoIterator<Item = Resource>, options: &PolicySetOptions) -> Self {
+    /// Compiles and indexes resources.
+    pub fn new<'a>(
+        resources: impl IntoIterator<Item = &'a Resource>,
+        options: &PolicySetOptions,
+    ) -> Self {
         let mut set = PolicySet {
             root_namespace: options.root_namespace.clone(),
             ..PolicySet::default()
@@ -169,7 +172,7 @@ impl PolicySet {
     }
 
     /// Adds one resource.
-    pub fn insert(&mut self, resource: Resource) {
+    pub fn insert(&mut self, resource: &Resource) {
         match resource {
             Resource::AuthorizationPolicy(p) => {
                 let selects = Selects::new(
@@ -177,8 +180,8 @@ impl PolicySet {
                     p.spec.target_ref.as_ref(),
                     &p.spec.target_refs,
                 );
-                let compiled = Arc::new(CompiledPolicy::compile(&p));
-                let ns = p.metadata.namespace;
+                let compiled = Arc::new(CompiledPolicy::compile(p));
+                let ns = p.metadata.namespace.clone();
                 let idx = self.authz.len();
                 self.authz.push((selects, ns.clone(), compiled));
                 self.by_namespace.entry(ns).or_default().authz.push(idx);
@@ -186,7 +189,7 @@ impl PolicySet {
             Resource::PeerAuthentication(p) => {
                 let idx = self.peer.len();
                 let ns = p.metadata.namespace.clone();
-                self.peer.push(Arc::new(p));
+                self.peer.push(Arc::new(p.clone()));
                 self.by_namespace.entry(ns).or_default().peer.push(idx);
             }
             Resource::RequestAuthentication(p) => {
@@ -197,7 +200,7 @@ impl PolicySet {
                 );
                 let idx = self.request_authn.len();
                 let ns = p.metadata.namespace.clone();
-                self.request_authn.push((selects, Arc::new(p)));
+                self.request_authn.push((selects, Arc::new(p.clone())));
                 self.by_namespace
                     .entry(ns)
                     .or_default()
@@ -262,7 +265,10 @@ impl PolicySet {
             .filter(|(selects, p)| selects.applies(&p.metadata.namespace, root, wl))
             .map(|(_, p)| p)
             .collect();
-        ra.sort_by(|a, b| a.id().cmp(&b.id()));
+        ra.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
         let jwt_rules = ra
             .iter()
             .flat_map(|p| {

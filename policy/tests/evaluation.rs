@@ -352,11 +352,11 @@ fn invalid_values_follow_the_allow_deny_split() {
             r#"{action: DENY, rules: [{to: [{operation: {ports: ["http"], paths: ["/admin"]}}]}]}"#,
         ),
     ];
-    let s = PolicySet::new(resources, &PolicySetOptions::default());
+    let s = PolicySet::new(&resources, &PolicySetOptions::default());
     let c = compile(&s, "ns", &[]);
     // ALLOW rule 0 is dropped (the valid 1.2.3.4 does not rescue it); rule 1 still works.
-    assert!(!decide(&c, &Req::get("/").from_ip("1.2.3.4")).0);
-    assert!(decide(&c, &Req::get("/ok").from_ip("1.2.3.4")).0);
+    assert!(!decide(&c, &Req::get("/").source_ip("1.2.3.4")).0);
+    assert!(decide(&c, &Req::get("/ok").source_ip("1.2.3.4")).0);
     // DENY ignores the bad port: the rule denies /admin on every port.
     let (ok, why) = decide(&c, &Req::get("/admin").port(1234));
     assert!(!ok);
@@ -390,7 +390,7 @@ fn unknown_condition_key_drops_the_rule_for_every_action() {
             r#"{rules: [{when: [{key: "source.user", values: ["x"]}]}, {to: [{operation: {paths: ["/allow", "/deny"]}}]}]}"#,
         ),
     ];
-    let s = PolicySet::new(resources, &PolicySetOptions::default());
+    let s = PolicySet::new(&resources, &PolicySetOptions::default());
     let c = compile(&s, "ns", &[]);
     // The DENY rule with the unknown key is dropped (it would otherwise deny everything).
     assert!(decide(&c, &Req::get("/allow")).0);
@@ -406,7 +406,7 @@ fn experimental_keys_drop_allow_rules_and_widen_deny_rules() {
         "deny-mysql",
         r#"{action: DENY, rules: [{when: [{key: "experimental.envoy.filters.network.mysql_proxy[db.table]", values: ["[update]"]}], to: [{operation: {ports: ["3306"]}}]}]}"#,
     )];
-    let s = PolicySet::new(resources, &PolicySetOptions::default());
+    let s = PolicySet::new(&resources, &PolicySetOptions::default());
     let c = compile(&s, "ns", &[]);
     assert!(!decide(&c, &Req::tcp(3306)).0);
     assert!(decide(&c, &Req::tcp(3307)).0);

@@ -628,12 +628,12 @@ spec:
             namespace: "foo",
             labels: HTTPBIN,
             requests: vec![
-                (Req::get("/").from_ip("1.2.3.4"), true),
-                (Req::get("/").from_ip("1.2.3.5"), false),
-                (Req::get("/").from_ip("5.6.7.9"), true),
-                (Req::get("/").from_ip("5.6.7.8"), false),
-                (Req::get("/").from_ip("2001:db8:1::9"), true),
-                (Req::get("/").from_ip("2001:db9::1"), false),
+                (Req::get("/").source_ip("1.2.3.4"), true),
+                (Req::get("/").source_ip("1.2.3.5"), false),
+                (Req::get("/").source_ip("5.6.7.9"), true),
+                (Req::get("/").source_ip("5.6.7.8"), false),
+                (Req::get("/").source_ip("2001:db8:1::9"), true),
+                (Req::get("/").source_ip("2001:db9::1"), false),
             ],
         },
         Case {
@@ -655,12 +655,12 @@ spec:
             labels: &[("app", "istio-ingressgateway")],
             requests: vec![
                 (
-                    Req::get("/").from_ip("10.0.0.5").remote_ip("203.0.113.7"),
+                    Req::get("/").source_ip("10.0.0.5").remote_ip("203.0.113.7"),
                     false,
                 ),
                 (
                     Req::get("/")
-                        .from_ip("203.0.113.7")
+                        .source_ip("203.0.113.7")
                         .remote_ip("198.51.100.1"),
                     true,
                 ),
@@ -687,8 +687,8 @@ spec:
             requests: vec![
                 (Req::get("/").port(8000), true),
                 (Req::get("/").port(9000), false),
-                (Req::get("/").port(7070).to_ip("10.1.2.3"), true),
-                (Req::get("/").port(7070).to_ip("10.2.2.3"), false),
+                (Req::get("/").port(7070).destination_ip("10.1.2.3"), true),
+                (Req::get("/").port(7070).destination_ip("10.2.2.3"), false),
                 (Req::tcp(8000), true),
             ],
         },

@@ -79,36 +79,27 @@ prop_compose! {
 }
 
 fn condition() -> impl Strategy<Value = Condition> {
+    let cond =
+        |key: &'static str, values: &'static [&'static str], not: &'static [&'static str]| {
+            (some_of(values), some_of(not)).prop_map(move |(mut values_, not_values)| {
+                if values_.is_empty() && not_values.is_empty() {
+                    values_.push(values[0].to_owned());
+                }
+                Condition {
+                    key: key.into(),
+                    values: values_,
+                    not_values,
+                }
+            })
+        };
     prop_oneof![
-        (some_of(HEADER_VALUES), some_of(HEADER_VALUES)).prop_map(|(v, n)| (
-            "request.headers[x-a]",
-            v,
-            n
-        )),
-        (some_of(IPS), some_of(IPS)).prop_map(|(v, n)| ("destination.ip", v, n)),
-        (some_of(PORTS), some_of(PORTS)).prop_map(|(v, n)| ("destination.port", v, n)),
-        (some_of(NAMESPACES), some_of(NAMESPACES)).prop_map(|(v, n)| ("source.namespace", v, n)),
-        (some_of(&["g1", "g2", "g*"]), some_of(&["g1"])).prop_map(|(v, n)| (
-            "request.auth.claims[groups]",
-            v,
-            n
-        )),
-        (some_of(&["sni.internal", "*.internal"]), some_of(&["x"])).prop_map(|(v, n)| (
-            "connection.sni",
-            v,
-            n
-        )),
+        cond("request.headers[x-a]", HEADER_VALUES, HEADER_VALUES),
+        cond("destination.ip", IPS, IPS),
+        cond("destination.port", PORTS, PORTS),
+        cond("source.namespace", NAMESPACES, NAMESPACES),
+        cond("request.auth.claims[groups]", &["g1", "g2", "g*"], &["g1"]),
+        cond("connection.sni", &["sni.internal", "*.internal"], &["x"]),
     ]
-    .prop_map(|(key, mut values, not_values)| {
-        if values.is_empty() && not_values.is_empty() {
-            values.push("1".into());
-        }
-        Condition {
-            key: key.into(),
-            values,
-            not_values,
-        }
-    })
 }
 
 fn rule() -> impl Strategy<Value = Rule> {
@@ -220,12 +211,12 @@ fn request() -> impl Strategy<Value = Req> {
             if let Some(s) = sni {
                 r = r.sni(s);
             }
-            r.from_ip(ip).to_ip("10.0.0.2")
+            r.source_ip(ip).destination_ip("10.0.0.2")
         })
 }
 
 fn allowed_by(resources: &[Resource], req: &Req) -> (bool, bool) {
-    let set = PolicySet::new(resources.iter().cloned(), &PolicySetOptions::default());
+    let set = PolicySet::new(resources, &PolicySetOptions::default());
     let compiled = common::compile(&set, "ns", &[]);
     req.with(|r| {
         let d = compiled.authz.evaluate(r, &warden_policy::NoExtAuthz);

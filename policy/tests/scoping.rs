@@ -108,7 +108,7 @@ fn root_namespace_is_configurable() {
         SCOPES,
     )]);
     let s = PolicySet::new(
-        report.resources().cloned(),
+        report.resources(),
         &PolicySetOptions {
             root_namespace: "mesh-root".into(),
         },
@@ -336,7 +336,7 @@ fn directory_loading_keeps_good_files_when_one_is_bad() {
     assert_eq!(names, ["foo/good"]);
     assert_eq!(report.others().count(), 1);
     // The good file's policy is in force.
-    let s = PolicySet::new(report.resources().cloned(), &PolicySetOptions::default());
+    let s = PolicySet::new(report.resources(), &PolicySetOptions::default());
     assert!(!allowed(&compile(&s, "foo", &[]), &Req::get("/admin")));
 }
 
@@ -368,7 +368,7 @@ fn last_good_config_survives_a_bad_edit() {
     );
     let kept = cache.update(&load_path(dir.path()).unwrap());
     assert_eq!(kept.len(), 1);
-    let s = PolicySet::new(cache.resources().cloned(), &PolicySetOptions::default());
+    let s = PolicySet::new(cache.resources(), &PolicySetOptions::default());
     assert!(!allowed(&compile(&s, "foo", &[]), &Req::get("/admin")));
     // The file is removed: so is its policy.
     std::fs::remove_file(dir.path().join("p.yaml")).unwrap();

@@ -17,7 +17,7 @@ pub fn set(yaml: &str) -> PolicySet {
     let report = load::LoadReport::from_files(vec![load::parse_file("test.yaml".as_ref(), yaml)]);
     let errors: Vec<String> = report.errors().map(ToString::to_string).collect();
     assert!(errors.is_empty(), "config errors: {errors:#?}");
-    PolicySet::new(report.resources().cloned(), &PolicySetOptions::default())
+    PolicySet::new(report.resources(), &PolicySetOptions::default())
 }
 
 /// An AuthorizationPolicy built from a spec without validation (what Istio's proxy config
@@ -100,7 +100,7 @@ impl Req {
         self
     }
 
-    pub fn from_ip(mut self, ip: &str) -> Req {
+    pub fn source_ip(mut self, ip: &str) -> Req {
         self.source_ip = ip.parse().unwrap();
         self
     }
@@ -110,7 +110,7 @@ impl Req {
         self
     }
 
-    pub fn to_ip(mut self, ip: &str) -> Req {
+    pub fn destination_ip(mut self, ip: &str) -> Req {
         self.destination_ip = ip.parse().unwrap();
         self
     }
