@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod certs;
+mod check;
 
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
 #[derive(Debug, Parser)]
@@ -30,6 +31,8 @@ enum Command {
     /// Make and inspect mesh certificates: root CA, cluster intermediates, workload certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Explain what Istio security policy decides for a workload and a request.
+    Check(Box<check::CheckArgs>),
 }
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
@@ -52,5 +55,6 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log.as_deref(), cli.log_format);
     match cli.command {
         Command::Certs(cmd) => certs::run(cmd),
+        Command::Check(args) => std::process::exit(check::run(*args)),
     }
 }
