@@ -13,6 +13,7 @@ mod fsutil;
 pub mod keys;
 pub mod revocation;
 pub mod spiffe;
+pub mod tls;
 pub mod tools;
 pub mod x509;
 
