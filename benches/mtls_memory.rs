@@ -88,17 +88,46 @@ async fn run() {
     // Let the I/O driver release the closed sockets' registrations.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 
-    // mTLS connections. The vectors hold the stream structs themselves, so what is freed when
-    // they are dropped includes each connection's inline size (in a proxy, a task's future).
+    for full in [false, true] {
+        measure(&server, &client, &listener, &expected, per_socket, full).await;
+    }
+}
+
+/// Opens N mTLS pairs (resumed after the first unless `full`), one round trip each, and prints
+/// the heap held per connection on each side.
+async fn measure(
+    server: &TlsProvider,
+    client: &TlsProvider,
+    listener: &TcpListener,
+    expected: &[SpiffeId],
+    per_socket: f64,
+    full: bool,
+) {
+    let full_cfg = {
+        let mut c = (**client.current().unwrap().client(Alpn::Tcp)).clone();
+        c.resumption = rustls::client::Resumption::disabled();
+        std::sync::Arc::new(c)
+    };
+    // The vectors hold the stream structs themselves, so what is freed when they are dropped
+    // includes each connection's inline size (in a proxy, part of a task's future).
     let region = Region::new(GLOBAL);
     let mut clients: Vec<ClientTlsStream<TcpStream>> = Vec::with_capacity(N);
     let mut servers: Vec<ServerTlsStream<TcpStream>> = Vec::with_capacity(N);
     let mut buf = [0u8; 4];
     for _ in 0..N {
-        let (c, s) = tcp_pair(&listener).await;
-        let (a, b) = tokio::join!(server.accept(s), client.connect(c, &expected, Alpn::Tcp));
-        let (mut ss, _, _) = a.unwrap();
-        let (mut cs, _) = b.unwrap();
+        let (c, s) = tcp_pair(listener).await;
+        let (mut ss, mut cs) = if full {
+            let name = rustls::pki_types::ServerName::try_from("full.invalid").unwrap();
+            let connector = tokio_rustls::TlsConnector::from(full_cfg.clone());
+            let (a, b) = tokio::join!(server.accept(s), connector.connect(name, c));
+            let cs = b.unwrap();
+            let peer = warden_identity::tls::peer_identity(cs.get_ref().1).unwrap();
+            warden_identity::tls::check_secure_naming(&peer, expected).unwrap();
+            (a.unwrap().0, cs)
+        } else {
+            let (a, b) = tokio::join!(server.accept(s), client.connect(c, expected, Alpn::Tcp));
+            (a.unwrap().0, b.unwrap().0)
+        };
         cs.write_all(b"ping").await.unwrap();
         ss.read_exact(&mut buf).await.unwrap();
         ss.write_all(b"pong").await.unwrap();
@@ -107,27 +136,36 @@ async fn run() {
         servers.push(ss);
     }
     let total = net(&region);
-    let region = Region::new(GLOBAL);
     let resumed = clients
         .iter()
         .filter(|c| c.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
         .count();
+    let region = Region::new(GLOBAL);
     drop(clients);
     let client_side = -net(&region) as f64 / N as f64 - per_socket;
     let region = Region::new(GLOBAL);
     drop(servers);
     let server_side = -net(&region) as f64 / N as f64 - per_socket;
     let shared = total as f64 / N as f64 - client_side - server_side - 2.0 * per_socket;
+    // Let the I/O driver release the closed sockets before the next measurement.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 
-    println!("mtls_memory: {N} established mTLS connections ({resumed} resumed), TLS 1.3");
-    println!("  heap per TCP socket (subtracted):      {per_socket:8.0} B");
+    println!(
+        "mtls_memory: {N} established mTLS connections, TLS 1.3, {}",
+        if full {
+            "full handshakes".to_owned()
+        } else {
+            format!("{resumed} resumed")
+        }
+    );
+    println!("  heap per TCP socket (subtracted):       {per_socket:8.0} B");
     println!(
         "  (inline size of the stream structs: client {} B, server {} B, included below)",
         std::mem::size_of::<ClientTlsStream<TcpStream>>(),
         std::mem::size_of::<ServerTlsStream<TcpStream>>()
     );
-    println!("  heap per connection, client side:      {client_side:8.0} B");
-    println!("  heap per connection, server side:      {server_side:8.0} B");
+    println!("  heap per connection, client side:       {client_side:8.0} B");
+    println!("  heap per connection, server side:       {server_side:8.0} B");
     println!("  not freed with the connection (caches): {shared:8.0} B per connection");
     let worst = client_side.max(server_side);
     println!(

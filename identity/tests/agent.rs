@@ -365,3 +365,28 @@ async fn the_ca_certificate_must_carry_the_expected_name() {
     // Nothing reached the CA's signing code.
     assert!(env.ca.seen_tokens().is_empty());
 }
+
+#[tokio::test]
+async fn rsa_workload_keys_work_too() {
+    let env = Env::new().await;
+    let mut cfg = env.config(Duration::from_secs(60));
+    cfg.key_algorithm = warden_identity::KeyAlgorithm::Rsa2048;
+    let (provider, handle) = env.start(cfg);
+    handle.wait_ready(Duration::from_secs(20)).await.unwrap();
+    let peer = env.mesh.provider(&id("app", "client"));
+    assert_eq!(probe(&provider, &peer).await.unwrap().1, env.identity);
+    // Tokens that cannot travel in a header are refused before any call.
+    put(env.files.path(), "token", "two words\n");
+    let mut cfg = env.config(Duration::from_secs(60));
+    cfg.identity = id("app", "other");
+    let (_, other) = env.start(cfg);
+    let st = wait_status(&other, Duration::from_secs(5), "a token error", |s| {
+        s.last_error.is_some()
+    })
+    .await;
+    assert!(
+        matches!(&st.last_error, Some(AgentError::Token { path, .. }) if path.ends_with("token")),
+        "{:?}",
+        st.last_error
+    );
+}

@@ -272,6 +272,12 @@ impl Worker {
                 reason: "the file is empty".to_owned(),
             });
         }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AgentError::Token {
+                path: token_path.clone(),
+                reason: "the token holds characters that cannot be sent in a header".to_owned(),
+            });
+        }
         let key_err = |e: keys::KeyError| AgentError::Key {
             reason: e.to_string(),
         };

@@ -119,10 +119,12 @@ impl CaClient {
             validity_duration: req.ttl_secs,
             metadata: None,
         });
+        // The caller checked the token's characters.
         let bearer = MetadataValue::try_from(format!("Bearer {}", req.token)).map_err(|_| {
-            AgentError::Token {
-                path: "token".into(),
-                reason: "the token holds characters not allowed in a header".to_owned(),
+            AgentError::Rpc {
+                addr: self.addr.clone(),
+                code: tonic::Code::InvalidArgument,
+                message: "the token cannot be sent as a header".to_owned(),
             }
         })?;
         request.metadata_mut().insert("authorization", bearer);
