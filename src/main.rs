@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod certs;
+mod check;
 mod control;
 
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
@@ -31,6 +32,8 @@ enum Command {
     /// Make and inspect mesh certificates: root CA, cluster intermediates, workload certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Explain what Istio security policy decides for a workload and a request.
+    Check(Box<check::CheckArgs>),
     /// Run the control plane (mesh CA on port 15012), or administer it: tokens, revocation,
     /// root rotation.
     Control(Box<control::ControlArgs>),
@@ -56,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log.as_deref(), cli.log_format);
     match cli.command {
         Command::Certs(cmd) => certs::run(cmd),
+        Command::Check(args) => std::process::exit(check::run(*args)),
         Command::Control(args) => control::run(*args),
     }
 }

@@ -8,11 +8,13 @@
 //! This crate knows nothing of sockets beyond what TLS needs, and nothing of policy.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod ca;
 mod fsutil;
 pub mod keys;
 pub mod revocation;
 pub mod spiffe;
+pub mod tls;
 pub mod tools;
 pub mod x509;
 

@@ -1,0 +1,270 @@
+//! Building the rustls configurations: once per credential change, shared by every connection.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
+use time::OffsetDateTime;
+
+use super::alpn::{Alpn, SERVER_PROTOCOLS};
+use super::credentials::{TrustBundle, WorkloadCredentials};
+use super::error::CredentialsError;
+use super::verify::{MeshClientVerifier, MeshServerVerifier, MeshVerifier};
+use crate::spiffe::SpiffeId;
+
+/// TLS settings of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Also allow TLS 1.2 (TLS 1.3 only by default).
+    pub allow_tls12: bool,
+    /// Client session cache size (TLS 1.3 tickets; 8 are kept per destination).
+    pub client_session_cache: usize,
+    /// Server session cache for TLS 1.2 session IDs.
+    pub server_session_cache: usize,
+    /// TLS 1.3 tickets a server sends after each handshake.
+    pub tls13_tickets: usize,
+    /// Whether clients send the server name (SNI). Mesh connections are keyed by SPIFFE ID, so
+    /// off by default; the name given to `connect_to` is then only the session-cache key.
+    pub send_sni: bool,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            allow_tls12: false,
+            client_session_cache: 1024,
+            server_session_cache: 1024,
+            tls13_tickets: 2,
+            send_sni: false,
+        }
+    }
+}
+
+impl TlsSettings {
+    pub(crate) fn versions(&self) -> &'static [&'static SupportedProtocolVersion] {
+        static TLS13_ONLY: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        static TLS13_AND_12: [&SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        if self.allow_tls12 {
+            &TLS13_AND_12
+        } else {
+            &TLS13_ONLY
+        }
+    }
+}
+
+/// The crypto provider every Warden TLS config uses: aws-lc-rs, with its key exchange groups
+/// in the order that puts X25519MLKEM768 first (the `prefer-post-quantum` feature of rustls).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    // Make the order explicit rather than trusting a cargo feature: the hybrid PQ group first.
+    p.kx_groups.sort_by_key(|g| {
+        if g.name() == rustls::NamedGroup::X25519MLKEM768 {
+            0
+        } else {
+            1
+        }
+    });
+    Arc::new(p)
+}
+
+/// What stays the same across config rebuilds while the trust material (roots, CRLs, trust
+/// domains) is unchanged: the verifiers, the certificate resolvers (which swap in a renewed
+/// certificate), the client session cache and the server ticket keys. rustls resumes a client
+/// session only with the very verifier and resolver objects that made it, so keeping them is
+/// what lets sessions survive a certificate rotation. All of it is replaced when the trust
+/// material changes, because a resumed session skips the certificate checks.
+#[derive(Clone)]
+pub(crate) struct SharedState {
+    pub(crate) fingerprint: [u8; 32],
+    client_store: Arc<dyn ClientSessionStore>,
+    server_cache: Arc<ServerSessionMemoryCache>,
+    ticketer: Arc<dyn ProducesTickets>,
+    client_verifier: Arc<MeshClientVerifier>,
+    server_verifier: Arc<MeshServerVerifier>,
+    cert: Arc<CurrentCert>,
+}
+
+impl SharedState {
+    pub(crate) fn new(
+        settings: &TlsSettings,
+        trust: &TrustBundle,
+        provider: &CryptoProvider,
+        certified: Arc<CertifiedKey>,
+    ) -> Result<Self, CredentialsError> {
+        let verifier = Arc::new(MeshVerifier::new(
+            trust,
+            provider.signature_verification_algorithms,
+        )?);
+        Ok(Self {
+            fingerprint: trust.fingerprint(),
+            client_store: Arc::new(ClientSessionMemoryCache::new(settings.client_session_cache)),
+            server_cache: ServerSessionMemoryCache::new(settings.server_session_cache),
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
+                CredentialsError::Config {
+                    reason: format!("ticket keys: {e}"),
+                }
+            })?,
+            client_verifier: Arc::new(MeshClientVerifier(verifier.clone())),
+            server_verifier: Arc::new(MeshServerVerifier(verifier)),
+            cert: Arc::new(CurrentCert(ArcSwap::new(certified))),
+        })
+    }
+
+    /// Presents `certified` from now on (connections in progress included).
+    pub(crate) fn set_cert(&self, certified: Arc<CertifiedKey>) {
+        self.cert.0.store(certified);
+    }
+}
+
+/// Loads `creds`' chain and key for rustls (checks that they match).
+pub(crate) fn certified_key(
+    creds: &WorkloadCredentials,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, CredentialsError> {
+    CertifiedKey::from_der(creds.chain().to_vec(), creds.key().clone_key(), provider)
+        .map(Arc::new)
+        .map_err(|e| CredentialsError::Config {
+            reason: e.to_string(),
+        })
+}
+
+/// The server and client configurations for one set of credentials.
+#[derive(Debug)]
+pub struct TlsConfigs {
+    server: Arc<ServerConfig>,
+    clients: [Arc<ClientConfig>; 3],
+    identity: SpiffeId,
+    not_after: OffsetDateTime,
+    trust: TrustBundle,
+}
+
+impl TlsConfigs {
+    pub(crate) fn build(
+        creds: &WorkloadCredentials,
+        settings: &TlsSettings,
+        provider: &Arc<CryptoProvider>,
+        shared: &SharedState,
+    ) -> Result<Self, CredentialsError> {
+        let cfg_err = |e: rustls::Error| CredentialsError::Config {
+            reason: e.to_string(),
+        };
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(settings.versions())
+            .map_err(cfg_err)?
+            .with_client_cert_verifier(shared.client_verifier.clone())
+            .with_cert_resolver(shared.cert.clone());
+        server.alpn_protocols = SERVER_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+        server.ticketer = shared.ticketer.clone();
+        server.session_storage = shared.server_cache.clone();
+        server.send_tls13_tickets = settings.tls13_tickets;
+
+        let client_for = |alpn: Alpn| -> Result<Arc<ClientConfig>, CredentialsError> {
+            let mut c = ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(settings.versions())
+                .map_err(cfg_err)?
+                .dangerous()
+                .with_custom_certificate_verifier(shared.server_verifier.clone())
+                .with_client_cert_resolver(shared.cert.clone());
+            c.alpn_protocols = alpn.protocols().iter().map(|p| p.to_vec()).collect();
+            c.resumption = Resumption::store(shared.client_store.clone());
+            c.enable_sni = settings.send_sni;
+            Ok(Arc::new(c))
+        };
+        Ok(Self {
+            server: Arc::new(server),
+            clients: [
+                client_for(Alpn::Tcp)?,
+                client_for(Alpn::Http11)?,
+                client_for(Alpn::Http2)?,
+            ],
+            identity: creds.identity().clone(),
+            not_after: creds.not_after(),
+            trust: creds.trust().clone(),
+        })
+    }
+
+    /// A server config that refuses every handshake (no certificate to present): what a
+    /// workload without credentials serves, so that it fails closed.
+    pub(crate) fn refusing_server(
+        provider: &Arc<CryptoProvider>,
+        settings: &TlsSettings,
+    ) -> Result<Arc<ServerConfig>, CredentialsError> {
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(settings.versions())
+            .map_err(|e| CredentialsError::Config {
+                reason: e.to_string(),
+            })?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(NoCert));
+        server.alpn_protocols = SERVER_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(server))
+    }
+
+    /// The server config (requires and verifies a mesh client certificate; accepts every ALPN
+    /// of [`SERVER_PROTOCOLS`]).
+    pub fn server(&self) -> &Arc<ServerConfig> {
+        &self.server
+    }
+
+    /// The client config offering `alpn`.
+    pub fn client(&self, alpn: Alpn) -> &Arc<ClientConfig> {
+        &self.clients[alpn.index()]
+    }
+
+    /// The identity these configs present.
+    pub fn identity(&self) -> &SpiffeId {
+        &self.identity
+    }
+
+    /// When our certificate expires.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// The trust bundle in force.
+    pub fn trust(&self) -> &TrustBundle {
+        &self.trust
+    }
+}
+
+/// Presents the current certificate, on both sides; swapped on renewal. On the client side it
+/// presents it whatever CA names the server asks for (mesh peers share roots; an
+/// `openssl s_server -Verify` asks with its own list).
+#[derive(Debug)]
+pub(crate) struct CurrentCert(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CurrentCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Has no certificate: every handshake is refused with an alert.
+#[derive(Debug)]
+struct NoCert;
+
+impl ResolvesServerCert for NoCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        None
+    }
+}

@@ -1,0 +1,251 @@
+//! [`TlsProvider`]: the current TLS configurations of a workload, swapped atomically when its
+//! credentials change, and the connect/accept helpers every mesh connection goes through.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::ServerName;
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use super::alpn::{Alpn, known_protocol};
+use super::config::{SharedState, TlsConfigs, TlsSettings, certified_key, crypto_provider};
+use super::credentials::WorkloadCredentials;
+use super::error::{CredentialsError, TlsError};
+use super::verify::{check_secure_naming, peer_identity_checked};
+use crate::spiffe::SpiffeId;
+
+/// A client-side mesh TLS stream.
+pub type ClientTlsStream<S> = tokio_rustls::client::TlsStream<S>;
+/// A server-side mesh TLS stream.
+pub type ServerTlsStream<S> = tokio_rustls::server::TlsStream<S>;
+
+/// A finished server-side handshake.
+pub type Accepted<S> = (ServerTlsStream<S>, SpiffeId, Option<&'static [u8]>);
+
+struct Inner {
+    settings: TlsSettings,
+    crypto: Arc<CryptoProvider>,
+    current: ArcSwapOption<TlsConfigs>,
+    refusing_server: Arc<ServerConfig>,
+    /// Serialises installs; holds the resumption state kept across rebuilds.
+    resumption: Mutex<Option<SharedState>>,
+    /// Bumped on every install or clear.
+    generation: watch::Sender<u64>,
+}
+
+/// The workload's TLS configurations, cheap to clone and to read per connection (one atomic
+/// load). Before the first [`install`](Self::install), and after [`clear`](Self::clear), it
+/// holds none: servers refuse every handshake and clients refuse to connect (fail closed).
+#[derive(Clone)]
+pub struct TlsProvider {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TlsProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cur = self.inner.current.load();
+        f.debug_struct("TlsProvider")
+            .field("settings", &self.inner.settings)
+            .field("identity", &cur.as_ref().map(|c| c.identity().clone()))
+            .finish()
+    }
+}
+
+impl TlsProvider {
+    /// A provider with no credentials yet.
+    pub fn new(settings: TlsSettings) -> Result<Self, CredentialsError> {
+        let crypto = crypto_provider();
+        let refusing_server = TlsConfigs::refusing_server(&crypto, &settings)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                crypto,
+                current: ArcSwapOption::empty(),
+                refusing_server,
+                resumption: Mutex::new(None),
+                generation: watch::Sender::new(0),
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &TlsSettings {
+        &self.inner.settings
+    }
+
+    /// Builds the configs for `creds` and makes them current. Connections already established
+    /// keep theirs; new connections use the new ones. Session resumption state carries over
+    /// when the trust material (roots, CRLs, trust domains) is unchanged, and is dropped when it
+    /// changed, so a peer revoked by a new CRL cannot come back through a resumed session.
+    pub fn install(
+        &self,
+        creds: &WorkloadCredentials,
+    ) -> Result<Arc<TlsConfigs>, CredentialsError> {
+        let mut guard = self
+            .inner
+            .resumption
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let certified = certified_key(creds, &self.inner.crypto)?;
+        let fingerprint = creds.trust().fingerprint();
+        let (shared, renewed) = match guard.as_ref() {
+            Some(shared) if shared.fingerprint == fingerprint => (shared.clone(), Some(certified)),
+            _ => (
+                SharedState::new(
+                    &self.inner.settings,
+                    creds.trust(),
+                    &self.inner.crypto,
+                    certified,
+                )?,
+                None,
+            ),
+        };
+        let configs = Arc::new(TlsConfigs::build(
+            creds,
+            &self.inner.settings,
+            &self.inner.crypto,
+            &shared,
+        )?);
+        // Nothing can fail from here on.
+        if let Some(certified) = renewed {
+            shared.set_cert(certified);
+        }
+        *guard = Some(shared);
+        self.inner.current.store(Some(configs.clone()));
+        self.inner.generation.send_modify(|g| *g += 1);
+        tracing::info!(
+            identity = %creds.identity(),
+            serial = %creds.serial(),
+            not_after = %creds.not_after(),
+            roots = creds.trust().roots().len(),
+            crls = creds.trust().crls().len(),
+            "installed workload TLS credentials"
+        );
+        Ok(configs)
+    }
+
+    /// Drops the credentials (e.g. the certificate expired): mTLS is refused from now on.
+    pub fn clear(&self) {
+        if self.inner.current.swap(None).is_some() {
+            self.inner.generation.send_modify(|g| *g += 1);
+            tracing::warn!("workload TLS credentials removed: mesh mTLS is refused");
+        }
+    }
+
+    /// The current configs, if any.
+    pub fn current(&self) -> Option<Arc<TlsConfigs>> {
+        self.inner.current.load_full()
+    }
+
+    /// Whether credentials are installed.
+    pub fn has_credentials(&self) -> bool {
+        self.inner.current.load().is_some()
+    }
+
+    /// Notified on every install or clear.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
+    }
+
+    /// The server config to accept with: the current one, or one that refuses every handshake.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        match self.inner.current.load().as_ref() {
+            Some(c) => c.server().clone(),
+            None => self.inner.refusing_server.clone(),
+        }
+    }
+
+    /// Connects to a mesh peer that must present one of `expected` (secure naming). The session
+    /// cache key is derived from `expected`.
+    pub async fn connect<S>(
+        &self,
+        stream: S,
+        expected: &[SpiffeId],
+        alpn: Alpn,
+    ) -> Result<(ClientTlsStream<S>, SpiffeId), TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.connect_to(stream, session_key(expected), expected, alpn)
+            .await
+    }
+
+    /// Like [`connect`](Self::connect) with an explicit server name: the session-cache key, and
+    /// the SNI when [`TlsSettings::send_sni`] is on. Use the peer's address or host.
+    pub async fn connect_to<S>(
+        &self,
+        stream: S,
+        server_name: ServerName<'static>,
+        expected: &[SpiffeId],
+        alpn: Alpn,
+    ) -> Result<(ClientTlsStream<S>, SpiffeId), TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = {
+            let cur = self.inner.current.load();
+            let Some(configs) = cur.as_ref() else {
+                return Err(TlsError::NoCredentials);
+            };
+            configs.client(alpn).clone()
+        };
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(server_name, stream)
+            .await
+            .map_err(TlsError::from_io)?;
+        let (_, conn) = stream.get_ref();
+        let peer = peer_identity_checked(conn, OffsetDateTime::now_utc())?;
+        check_secure_naming(&peer, expected)?;
+        Ok((stream, peer))
+    }
+
+    /// Accepts a mesh client: requires and verifies its certificate; returns its identity and
+    /// the negotiated ALPN protocol. Without credentials the handshake is refused with an alert
+    /// and [`TlsError::NoCredentials`] is returned.
+    pub async fn accept<S>(&self, stream: S) -> Result<Accepted<S>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let had_credentials = self.has_credentials();
+        let result = tokio_rustls::TlsAcceptor::from(self.server_config())
+            .accept(stream)
+            .await;
+        let stream = match result {
+            Ok(s) => s,
+            Err(_) if !had_credentials => return Err(TlsError::NoCredentials),
+            Err(e) => return Err(TlsError::from_io(e)),
+        };
+        let (_, conn) = stream.get_ref();
+        let peer = peer_identity_checked(conn, OffsetDateTime::now_utc())?;
+        let alpn = known_protocol(conn.alpn_protocol());
+        Ok((stream, peer, alpn))
+    }
+}
+
+/// A session-cache key for a destination known by its identities: a name under the reserved
+/// `.invalid` TLD made from a hash of the identities, so that destinations backed by different
+/// identities keep separate cache entries. Not sent to the peer unless
+/// [`TlsSettings::send_sni`] is on (callers that want SNI use `connect_to` with a real name).
+fn session_key(expected: &[SpiffeId]) -> ServerName<'static> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for id in expected {
+        ctx.update(id.as_str().as_bytes());
+        ctx.update(b"\0");
+    }
+    let digest = ctx.finish();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut name = String::with_capacity(40);
+    for &b in &digest.as_ref()[..10] {
+        name.push(char::from(HEX[usize::from(b >> 4)]));
+        name.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    name.push_str(".mesh.invalid");
+    ServerName::try_from(name).unwrap_or(ServerName::IpAddress(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED).into(),
+    ))
+}
