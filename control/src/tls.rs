@@ -8,6 +8,10 @@
 //!
 //! Everything here is built once. Root changes (rotation) swap the verifier's inner webpki
 //! verifier; revocation is looked up live in the CA's store, so neither rebuilds the config.
+//! (`warden_identity::tls` builds the mesh's mTLS configs, where client certificates are
+//! mandatory and peers are checked by SPIFFE ID; the CA's listener needs optional client
+//! certificates and its own serving identity, hence this small separate setup sharing the
+//! same crypto provider.)
 
 use std::sync::Arc;
 
@@ -29,9 +33,9 @@ use crate::serving::ServingCertResolver;
 /// ALPN protocols offered: gRPC needs `h2` (grpc-go enforces it); curl may use either.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// The crypto provider: aws-lc-rs, with its default (post-quantum hybrid first) key exchange.
+/// The crypto provider every Warden TLS config uses (aws-lc-rs, X25519MLKEM768 first).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    warden_identity::tls::crypto_provider()
 }
 
 /// The listener's TLS configuration. One small function, so that it can move to the shared
