@@ -112,6 +112,12 @@ impl ControlPlane {
         let paths = config.paths();
         create_private_dir(&paths.dir).map_err(|e| ControlError::io("creating", &paths.dir, e))?;
         let token_key = token_key::load_or_create(&paths)?;
+        // Stamps first: a file changed while it is read is read again by the next pass.
+        let jwks_stamps = config
+            .token_jwks
+            .iter()
+            .map(|p| (p.clone(), file_stamp(p)))
+            .collect();
         let keys = token_keys(&token_key, &paths.token_key, &config.token_jwks)?;
         let options = CaOptions {
             trust_domain: config.trust_domain.clone(),
@@ -156,11 +162,6 @@ impl ControlPlane {
             config.cluster_id.clone(),
         ));
         let now = Instant::now();
-        let jwks_stamps = config
-            .token_jwks
-            .iter()
-            .map(|p| (p.clone(), file_stamp(p)))
-            .collect();
         let this = Self {
             shared: Arc::new(Shared {
                 provider,
@@ -530,6 +531,9 @@ fn maintain(shared: &Shared) {
         .iter()
         .any(|(path, stamp)| file_stamp(path) != *stamp);
     if changed {
+        for (path, stamp) in m.jwks_stamps.iter_mut() {
+            *stamp = file_stamp(path);
+        }
         let paths = shared.config.paths();
         match token_keys(
             &shared.token_key,
@@ -543,9 +547,6 @@ fn maintain(shared: &Shared) {
             Err(e) => tracing::error!(
                 "token issuer keys changed but cannot be loaded; keeping the previous keys: {e}"
             ),
-        }
-        for (path, stamp) in m.jwks_stamps.iter_mut() {
-            *stamp = file_stamp(path);
         }
     }
 }
