@@ -193,8 +193,10 @@ pub struct SidecarConfig {
     pub config: ConfigSource,
     /// How often local files are re-read.
     pub reload_interval: Duration,
-    /// Address the capture, stats and health listeners bind (admin is always on localhost).
+    /// Address the capture, stats and health listeners bind.
     pub bind: IpAddr,
+    /// Address of the admin listener: a loopback address (127.0.0.1 by default).
+    pub admin_ip: IpAddr,
     /// Ports.
     pub ports: Ports,
     /// Inbound settings.
@@ -222,6 +224,7 @@ struct RawConfig {
     config: RawConfigSource,
     reload_interval: Option<String>,
     bind_address: Option<String>,
+    admin_address: Option<String>,
     #[serde(default)]
     ports: RawPorts,
     #[serde(default)]
@@ -309,23 +312,22 @@ impl SidecarConfig {
         let (origin, raw) = match file {
             Some((path, text)) => {
                 let de = serde_yaml::Deserializer::from_str(text);
-                let raw: Option<RawConfig> =
-                    serde_path_to_error::deserialize(de).map_err(|e| {
-                        let field = e.path().to_string();
-                        let inner = e.inner().to_string();
-                        // serde_yaml prefixes the enclosing path itself; keep one.
-                        let parent = field.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
-                        let reason = inner
-                            .strip_prefix(&format!("{field}: "))
-                            .or_else(|| inner.strip_prefix(&format!("{parent}: ")))
-                            .unwrap_or(&inner)
-                            .to_owned();
-                        ConfigError::Parse {
-                            path: path.to_owned(),
-                            field,
-                            reason,
-                        }
-                    })?;
+                let raw: Option<RawConfig> = serde_path_to_error::deserialize(de).map_err(|e| {
+                    let field = e.path().to_string();
+                    let inner = e.inner().to_string();
+                    // serde_yaml prefixes the enclosing path itself; keep one.
+                    let parent = field.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
+                    let reason = inner
+                        .strip_prefix(&format!("{field}: "))
+                        .or_else(|| inner.strip_prefix(&format!("{parent}: ")))
+                        .unwrap_or(&inner)
+                        .to_owned();
+                    ConfigError::Parse {
+                        path: path.to_owned(),
+                        field,
+                        reason,
+                    }
+                })?;
                 (path.display().to_string(), raw.unwrap_or_default())
             }
             None => ("defaults".to_owned(), RawConfig::default()),
@@ -700,7 +702,22 @@ fn build(origin: &str, raw: RawConfig, env: EnvLookup<'_>) -> Result<SidecarConf
         return Err(invalid(origin, "reloadInterval", "0s", "must be positive"));
     }
 
+    let admin_ip = ip(
+        origin,
+        "adminAddress",
+        raw.admin_address.clone(),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    )?;
+    if !admin_ip.is_loopback() {
+        return Err(invalid(
+            origin,
+            "adminAddress",
+            &admin_ip.to_string(),
+            "the admin port must stay on a loopback address",
+        ));
+    }
     Ok(SidecarConfig {
+        admin_ip,
         identity,
         certs,
         config,
@@ -731,12 +748,7 @@ fn build(origin: &str, raw: RawConfig, env: EnvLookup<'_>) -> Result<SidecarConf
 impl SidecarConfig {
     /// The admin listener address: always localhost.
     pub fn admin_addr(&self) -> SocketAddr {
-        let lo: IpAddr = if self.bind.is_ipv6() {
-            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
-        } else {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        };
-        SocketAddr::new(lo, self.ports.admin)
+        SocketAddr::new(self.admin_ip, self.ports.admin)
     }
 }
 
@@ -818,6 +830,12 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("inbound.appHost: invalid value \"nowhere\""),
+            "{e}"
+        );
+        let e = parse(&format!("{BASE}adminAddress: 10.0.0.1\n"), &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("adminAddress: invalid value \"10.0.0.1\""),
             "{e}"
         );
         let e = parse(BASE, &[("CA_ADDR", "istiod:15012")]).unwrap_err();
