@@ -16,6 +16,7 @@ pub mod detect;
 pub mod drain;
 pub mod inbound;
 pub mod l4;
+pub mod logging;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
