@@ -228,10 +228,10 @@ async fn connect_app(shared: &Shared, app: SocketAddr) -> std::io::Result<TcpStr
     } else {
         TcpSocket::new_v6()?
     };
-    if src.is_ipv4() == app.is_ipv4() {
-        if let Err(e) = socket.bind(SocketAddr::new(src, 0)) {
-            tracing::warn!(%src, error = %e, "inbound: cannot bind the source address; connecting without it");
-        }
+    if src.is_ipv4() == app.is_ipv4()
+        && let Err(e) = socket.bind(SocketAddr::new(src, 0))
+    {
+        tracing::warn!(%src, error = %e, "inbound: cannot bind the source address; connecting without it");
     }
     tokio::time::timeout(shared.config.connect_timeout, socket.connect(app))
         .await

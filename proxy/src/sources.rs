@@ -206,7 +206,6 @@ impl LocalConfig {
             self.last_good.resources(),
             &PolicySetOptions {
                 root_namespace: cfg.root_namespace.clone(),
-                ..Default::default()
             },
         );
         let compiled = set.compile_for(&WorkloadRef {
