@@ -19,7 +19,6 @@ use crate::state::Shared;
 enum Refusal {
     Loop,
     OrigDst,
-    PlaintextUnderStrict,
     Handshake,
     Denied,
     NoConfig,
@@ -31,7 +30,6 @@ impl Refusal {
         match self {
             Refusal::Loop => "loop to own port",
             Refusal::OrigDst => "no original destination",
-            Refusal::PlaintextUnderStrict => "plaintext refused (STRICT)",
             Refusal::Handshake => "mTLS handshake failed",
             Refusal::Denied => "denied by authorization policy",
             Refusal::NoConfig => "no config loaded",
@@ -70,34 +68,50 @@ pub async fn handle(
         .peer_authentication
         .mode_for_port(dst.port());
     let settings = &shared.config.inbound;
-    let tls = match mode {
-        MtlsPolicy::Strict => true,
-        MtlsPolicy::Disable => false,
+    let declared_tcp = settings.tcp_ports.contains(&dst.port());
+    let detected = match mode {
+        MtlsPolicy::Strict => Detected::Tls,
+        MtlsPolicy::Disable if declared_tcp => Detected::Other,
+        MtlsPolicy::Disable => detect(&stream, settings.detect_timeout).await,
         MtlsPolicy::Permissive => {
-            let wait = if settings.tcp_ports.contains(&dst.port()) {
+            let wait = if declared_tcp {
                 settings.tcp_detect_grace
             } else {
                 settings.detect_timeout
             };
-            detect(&stream, wait).await == Detected::Tls
+            detect(&stream, wait).await
         }
     };
+    let tls =
+        mode == MtlsPolicy::Strict || (mode == MtlsPolicy::Permissive && detected == Detected::Tls);
     if tls {
         let accepted =
             tokio::time::timeout(settings.handshake_timeout, shared.tls.accept(stream)).await;
         match accepted {
-            Ok(Ok((tls_stream, peer_id, _alpn))) => {
+            Ok(Ok((tls_stream, peer_id, alpn))) => {
                 let principal = peer_id.as_str().to_owned();
-                serve(
-                    &shared,
-                    &policy.compiled,
-                    tls_stream,
-                    peer,
-                    dst,
-                    Some(principal),
-                    start,
-                )
-                .await;
+                if !declared_tcp && alpn.is_some_and(is_http_alpn) {
+                    crate::http::serve(
+                        shared.clone(),
+                        policy,
+                        tls_stream,
+                        peer,
+                        dst,
+                        Some(principal.into()),
+                    )
+                    .await;
+                } else {
+                    serve(
+                        &shared,
+                        &policy.compiled,
+                        tls_stream,
+                        peer,
+                        dst,
+                        Some(principal),
+                        start,
+                    )
+                    .await;
+                }
             }
             Ok(Err(e)) => {
                 tracing::info!(%peer, %dst, error = %e, "inbound: mTLS handshake failed");
@@ -108,11 +122,25 @@ pub async fn handle(
                 log_refused(peer, Some(dst), None, Refusal::Handshake, start);
             }
         }
-    } else if mode == MtlsPolicy::Strict {
-        log_refused(peer, Some(dst), None, Refusal::PlaintextUnderStrict, start);
+    } else if !declared_tcp && matches!(detected, Detected::Http1 | Detected::Http2) {
+        crate::http::serve(shared.clone(), policy, stream, peer, dst, None).await;
     } else {
         serve(&shared, &policy.compiled, stream, peer, dst, None, start).await;
     }
+}
+
+/// Whether a negotiated ALPN protocol carries HTTP.
+fn is_http_alpn(p: &[u8]) -> bool {
+    use warden_identity::tls::alpn;
+    [
+        alpn::ISTIO_HTTP10,
+        alpn::ISTIO_HTTP11,
+        alpn::ISTIO_H2,
+        alpn::HTTP10,
+        alpn::HTTP11,
+        alpn::H2,
+    ]
+    .contains(&p)
 }
 
 async fn serve<S>(

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod config;
 pub mod detect;
 pub mod drain;
+pub mod http;
 pub mod inbound;
 pub mod l4;
 pub mod logging;

@@ -11,6 +11,7 @@ use warden_identity::tls::Alpn;
 use crate::config::OutboundTrafficPolicy;
 use crate::l4;
 use crate::metrics::{Reporter, TcpLabels};
+use crate::registry::AppProtocol;
 use crate::state::Shared;
 
 /// Handles one accepted outbound connection to completion.
@@ -71,7 +72,9 @@ pub async fn handle(
             let _ = tcp.set_nodelay(true);
             let tls = tokio::time::timeout(
                 shared.config.inbound.handshake_timeout,
-                shared.tls.connect(tcp, &svc.identities, Alpn::Tcp),
+                shared
+                    .tls
+                    .connect(tcp, &svc.identities, alpn_for(svc.protocol)),
             )
             .await;
             let (upstream, server_id) = match tls {
@@ -149,6 +152,15 @@ pub async fn handle(
             let (tx, rx) = r.as_ref().map(|r| *r).unwrap_or((0, 0));
             access(peer, Some(dst), "-", "none", "passthrough", tx, rx, start);
         }
+    }
+}
+
+/// The ALPN set a client sidecar offers for a service protocol (reference §5).
+fn alpn_for(p: AppProtocol) -> Alpn {
+    match p {
+        AppProtocol::Http => Alpn::Http11,
+        AppProtocol::Http2 | AppProtocol::Grpc => Alpn::Http2,
+        AppProtocol::Tcp | AppProtocol::Tls => Alpn::Tcp,
     }
 }
 

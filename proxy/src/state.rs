@@ -51,6 +51,8 @@ pub struct Shared {
     pub log_control: Option<LogControl>,
     /// The last certificate load problem, for readiness.
     pub cert_problem: Mutex<Option<String>>,
+    /// Pooled HTTP clients to the app (L7 inbound).
+    pub app_clients: crate::http::AppClients,
     /// The installed chain, described for `/certs`.
     pub chain: Mutex<Vec<serde_json::Value>>,
 }
@@ -63,7 +65,10 @@ impl Shared {
         orig_dst: Arc<dyn OriginalDst>,
         log_control: Option<LogControl>,
     ) -> Self {
+        let app_clients =
+            crate::http::AppClients::new(config.inbound.source_address, config.connect_timeout);
         Self {
+            app_clients,
             config,
             tls,
             policy: ArcSwapOption::empty(),

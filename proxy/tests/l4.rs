@@ -182,10 +182,20 @@ fn ip_app(test: u8, pod: u8) -> IpAddr {
 
 /// A ServiceEntry: `vip:7000` is backed by `sa` at `endpoint_ip:15006` (its sidecar's inbound).
 fn service_entry(name: &str, vip: IpAddr, endpoint_ip: IpAddr, sa: &str) -> String {
+    service_entry_port(name, vip, endpoint_ip, sa, "tcp")
+}
+
+fn service_entry_port(
+    name: &str,
+    vip: IpAddr,
+    endpoint_ip: IpAddr,
+    sa: &str,
+    port_name: &str,
+) -> String {
     format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {NS}}}\n\
-         spec:\n  hosts: [{name}.{NS}.svc.cluster.local]\n  addresses: [{vip}]\n  ports: [{{number: {APP_PORT}, name: tcp}}]\n\
-         \x20 endpoints: [{{address: {endpoint_ip}, serviceAccount: {sa}, ports: {{tcp: 15006}}}}]\n"
+         spec:\n  hosts: [{name}.{NS}.svc.cluster.local]\n  addresses: [{vip}]\n  ports: [{{number: {APP_PORT}, name: {port_name}}}]\n\
+         \x20 endpoints: [{{address: {endpoint_ip}, serviceAccount: {sa}, ports: {{{port_name}: 15006}}}}]\n"
     )
 }
 
@@ -788,4 +798,106 @@ async fn config_and_cert_changes_keep_established_connections() {
         "spiffe://cluster.local/ns/test/sa/b"
     );
     assert_eq!(round_trip(a.outbound(), b"still").await.unwrap(), b"still");
+}
+
+/// An HTTP app (hyper): answers `<method> <path> from <peer ip>` with 200.
+async fn http_app(addr: SocketAddr) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, peer) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = format!("{} {} from {}", req.method(), req.uri(), peer.ip());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+async fn curl(url: &str) -> (u16, String) {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--path-as-is",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            url,
+        ])
+        .output()
+        .await
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[tokio::test]
+async fn http_per_request_authorization_through_mtls_and_plaintext() {
+    let mesh = Mesh::new();
+    let test = 26;
+    let vip = ip(test, 200);
+    let deny_admin = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-admin, namespace: {NS}}}\n\
+         spec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {{paths: [\"/admin*\"]}}\n"
+    );
+    let a_cfg = [(
+        "services.yaml",
+        service_entry_port("web", vip, ip(test, 2), "b", "http"),
+    )];
+    let mut a = PodSpec::new(test, 1, "a");
+    a.config = &a_cfg;
+    a.outbound_to = Some(SocketAddr::new(vip, APP_PORT));
+    let a = start_pod(&mesh, a).await;
+    let b_cfg = [
+        ("pa.yaml", peer_authn("PERMISSIVE")),
+        ("authz.yaml", deny_admin),
+    ];
+    let mut b = PodSpec::new(test, 2, "b");
+    b.config = &b_cfg;
+    let b = start_pod(&mesh, b).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    http_app(SocketAddr::new(ip_app(test, 2), APP_PORT)).await;
+
+    // curl -> A (outbound, istio-http/1.1 ALPN) -> mTLS -> B (HTTP, per request) -> app.
+    let (code, body) = curl(&format!("http://{}/public?x=1", a.outbound())).await;
+    assert_eq!(code, 200, "{body}");
+    // The app sees the normalized path with the query, from 127.0.0.6.
+    assert_eq!(body, "GET /public?x=1 from 127.0.0.6");
+    let (code, body) = curl(&format!("http://{}/admin/users", a.outbound())).await;
+    assert_eq!(code, 403);
+    assert_eq!(body, "RBAC: access denied");
+    // Path tricks are normalized before matching.
+    let (code, _) = curl(&format!("http://{}/public/../admin", a.outbound())).await;
+    assert_eq!(code, 403, "path confusion let /admin through");
+    // Plaintext HTTP straight to the inbound port (PERMISSIVE): authorized per request too.
+    let (code, _) = curl(&format!("http://{}/a", b.inbound())).await;
+    assert_eq!(code, 200, "plaintext HTTP in PERMISSIVE");
+    let (code, body) = curl(&format!("http://{}/admin", b.inbound())).await;
+    assert_eq!((code, body.as_str()), (403, "RBAC: access denied"));
+}
+
+#[tokio::test]
+async fn http_app_down_is_503() {
+    let mesh = Mesh::new();
+    let cfg = [("pa.yaml", peer_authn("PERMISSIVE"))];
+    let mut b = PodSpec::new(27, 2, "b");
+    b.config = &cfg;
+    let b = start_pod(&mesh, b).await;
+    b.wait_ready().await;
+    let (code, body) = curl(&format!("http://{}/x", b.inbound())).await;
+    assert_eq!(code, 503, "{body}");
 }
