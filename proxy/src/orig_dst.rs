@@ -17,7 +17,8 @@ pub trait OriginalDst: Send + Sync + 'static {
 }
 
 /// The kernel's answer (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`), for connections
-/// redirected by iptables. A connection that was not redirected reports its own local address.
+/// redirected by iptables. For a connection that was not NATed the kernel answers with the
+/// address as dialled when conntrack tracks it, or fails (`ENOENT`) when it does not.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SocketOriginalDst;
 
