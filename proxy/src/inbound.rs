@@ -54,7 +54,9 @@ pub async fn handle(
             return;
         }
     };
-    if shared.is_own_address(dst, listener) {
+    // Every inbound destination is local to the pod, and the app is dialled at the same
+    // port: a proxy port here would loop back into this proxy.
+    if shared.is_own_address(dst, listener) || shared.config.own_ports().contains(&dst.port()) {
         tracing::warn!(%peer, %dst, "inbound: refusing a connection to the proxy's own port");
         log_refused(peer, Some(dst), None, Refusal::Loop, start);
         return;
