@@ -109,6 +109,8 @@ struct PodSpec<'a> {
     certs: bool,
     /// `inbound.tcpPorts`, comma-separated.
     tcp_ports: &'a str,
+    /// Inbound listener -> this destination (default: the pod's app port).
+    inbound_to: Option<SocketAddr>,
 }
 
 impl<'a> PodSpec<'a> {
@@ -122,6 +124,7 @@ impl<'a> PodSpec<'a> {
             outbound_to: None,
             certs: true,
             tcp_ports: "",
+            inbound_to: None,
         }
     }
 }
@@ -693,6 +696,25 @@ async fn loop_to_own_port_is_refused() {
         0,
         "the looping connection is still open"
     );
+}
+
+#[tokio::test]
+async fn inbound_to_a_proxy_port_is_refused() {
+    let mesh = Mesh::new();
+    let cfg = [("pa.yaml", peer_authn("PERMISSIVE"))];
+    let mut spec = PodSpec::new(28, 2, "b");
+    spec.config = &cfg;
+    // Destined to the pod's admin port: forwarding would reach appHost:15000.
+    spec.inbound_to = Some(SocketAddr::new(ip(28, 2), 15000));
+    let b = start_pod(&mesh, spec).await;
+    b.wait_ready().await;
+    let accepted = echo_app(SocketAddr::new(ip_app(28, 2), 15000), None).await;
+    let back = round_trip(b.inbound(), b"GET /quitquitquit HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap_or_default();
+    assert!(back.is_empty(), "{back:?}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    assert!(!b.shared.drain.is_draining());
 }
 
 #[tokio::test]
