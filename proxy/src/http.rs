@@ -79,6 +79,7 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let drain = shared.drain.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let policy = policy.clone();
@@ -90,10 +91,18 @@ pub async fn serve<S>(
         }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await
-    {
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    // On drain: finish the request in flight, then close (HTTP/1 `Connection: close`,
+    // HTTP/2 GOAWAY) instead of holding an idle keep-alive connection until the deadline.
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "inbound HTTP connection ended with an error");
     }
 }

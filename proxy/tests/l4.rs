@@ -923,3 +923,34 @@ async fn http_app_down_is_503() {
     let (code, body) = curl(&format!("http://{}/x", b.inbound())).await;
     assert_eq!(code, 503, "{body}");
 }
+
+#[tokio::test]
+async fn drain_closes_idle_http_keep_alive_connections() {
+    let mesh = Mesh::new();
+    let cfg = [("pa.yaml", peer_authn("PERMISSIVE"))];
+    let mut spec = PodSpec::new(29, 2, "b");
+    spec.config = &cfg;
+    let b = start_pod(&mesh, spec).await;
+    b.wait_ready().await;
+    http_app(SocketAddr::new(ip_app(29, 2), APP_PORT)).await;
+    let mut s = TcpStream::connect(b.inbound()).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: b\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // The connection is idle and kept alive; draining closes it instead of waiting it out.
+    b.shared.drain.start();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), b.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcome.abandoned, 0,
+        "the idle keep-alive connection held the drain"
+    );
+    let n = s.read(&mut buf).await.unwrap_or(0);
+    assert_eq!(n, 0, "connection still open after drain");
+}
