@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use warden_policy::{ConnectionContext, MtlsPolicy, NoExtAuthz, Request};
 
-use crate::detect::{Detected, detect};
+use crate::detect::{Detected, detect, is_mesh_client_hello};
 use crate::l4;
 use crate::metrics::{Reporter, TcpLabels};
 use crate::state::Shared;
@@ -84,8 +84,12 @@ pub async fn handle(
             detect(&stream, wait).await
         }
     };
-    let tls =
-        mode == MtlsPolicy::Strict || (mode == MtlsPolicy::Permissive && detected == Detected::Tls);
+    // PERMISSIVE: TLS that is not from a mesh client (no `istio*` ALPN) is the app's own TLS
+    // and passes through as plaintext, as Istio's passthrough filter chain does.
+    let tls = mode == MtlsPolicy::Strict
+        || (mode == MtlsPolicy::Permissive
+            && detected == Detected::Tls
+            && is_mesh_client_hello(&stream, settings.detect_timeout).await);
     if tls {
         let accepted =
             tokio::time::timeout(settings.handshake_timeout, shared.tls.accept(stream)).await;

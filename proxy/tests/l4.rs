@@ -954,3 +954,41 @@ async fn drain_closes_idle_http_keep_alive_connections() {
     let n = s.read(&mut buf).await.unwrap_or(0);
     assert_eq!(n, 0, "connection still open after drain");
 }
+
+#[tokio::test]
+async fn permissive_passes_the_apps_own_tls_through() {
+    let mesh = Mesh::new();
+    let (a, b) = two_pods(&mesh, 30, &[("pa.yaml", peer_authn("PERMISSIVE"))]).await;
+    let accepted = echo_app(SocketAddr::new(ip_app(30, 2), APP_PORT), None).await;
+    // A non-mesh TLS client (ALPN h2, no client certificate): its bytes reach the app as they
+    // are (the echo app sends its own ClientHello back, so the handshake itself fails).
+    let out = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &b.inbound().to_string(),
+            "-alpn",
+            "h2",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let _ = tokio::time::timeout(Duration::from_secs(10), out).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "non-mesh TLS did not pass through"
+    );
+    // Mesh clients still get mTLS.
+    assert_eq!(round_trip(a.outbound(), b"mesh").await.unwrap(), b"mesh");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = b.metrics();
+    assert!(
+        metric_line(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &["connection_security_policy=\"mutual_tls\""]
+        )
+        .is_some(),
+        "{m}"
+    );
+}
