@@ -11,7 +11,8 @@ use serde::Serialize;
 pub struct Location {
     /// The file the document was read from (or a label such as `<stdin>`).
     pub file: Arc<Path>,
-    /// The 1-based index of the YAML document in the file (documents are separated by `---`).
+    /// The 1-based index of the YAML document in the file (documents are separated by `---`);
+    /// 0 for the file as a whole (it could not be read).
     pub document: usize,
     /// For a `kind: List` document, the 0-based index of the item in `items`.
     pub item: Option<usize>,
@@ -30,7 +31,10 @@ impl Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: document {}", self.file.display(), self.document)?;
+        write!(f, "{}", self.file.display())?;
+        if self.document > 0 {
+            write!(f, ": document {}", self.document)?;
+        }
         if let Some(item) = self.item {
             write!(f, " item {item}")?;
         }

@@ -196,9 +196,11 @@ pub fn interpret(doc: Document) -> Interpreted {
         ));
     }
 
-    let spec_value = match doc.spec() {
-        None => serde_yaml::Value::Null,
-        Some(v) => v.clone(),
+    let mut doc = doc;
+    // The spec is read once, by value: take it out of the document instead of copying it.
+    let spec_value = match &mut doc.raw {
+        serde_yaml::Value::Mapping(m) => m.remove("spec").unwrap_or(serde_yaml::Value::Null),
+        _ => serde_yaml::Value::Null,
     };
     let Document {
         source,
