@@ -70,7 +70,7 @@ pub enum BundleError {
     Mesh(#[from] MeshConfigError),
     /// A resource is invalid.
     #[error("{0}")]
-    Resource(ConfigError),
+    Resource(Box<ConfigError>),
     /// A resource is defined twice.
     #[error("duplicate {0}")]
     Duplicate(String),
@@ -104,7 +104,7 @@ impl ConfigBundle {
         for (label, text) in documents {
             let f = parse_config_file(Path::new(label), text);
             if let Some(e) = f.errors.into_iter().next() {
-                return Err(BundleError::Resource(e));
+                return Err(BundleError::Resource(Box::new(e)));
             }
             for r in &f.security {
                 if !seen.insert(r.id()) {

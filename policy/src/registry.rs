@@ -301,7 +301,7 @@ impl Registry {
         }
         // Longest CIDR first.
         self.by_cidr
-            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+            .sort_by_key(|c| std::cmp::Reverse(c.0.prefix_len()));
     }
 
     /// The service behind `addr` (a VIP, a CIDR of `addresses`, or an endpoint).
