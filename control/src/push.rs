@@ -98,6 +98,7 @@ pub struct PushServer {
     source: watch::Receiver<Arc<Snapshot>>,
     proxies: Arc<Mutex<BTreeMap<u64, ProxyStatus>>>,
     next_id: Arc<AtomicU64>,
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for PushServer {
@@ -115,7 +116,14 @@ impl PushServer {
             source: source.subscribe(),
             proxies: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
+            closing: Arc::new(watch::Sender::new(false)),
         }
+    }
+
+    /// Ends every subscription stream (proxies reconnect, to this or another control plane).
+    /// Used on shutdown: long-lived streams would otherwise hold a graceful shutdown forever.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     /// The tonic service, to add to a server (e.g. beside the CA service).
@@ -153,14 +161,21 @@ impl Drop for Registered {
 
 /// What one proxy receives from a snapshot, and a hash of it (to skip pushes that change
 /// nothing for it).
-fn select(snap: &Snapshot, namespace: &str, labels: &BTreeMap<String, String>) -> (ConfigSnapshot, u64) {
+fn select(
+    snap: &Snapshot,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> (ConfigSnapshot, u64) {
     let root = snap.mesh.root_namespace.as_str();
     let wl = WorkloadRef { namespace, labels };
     let mut h = std::collections::hash_map::DefaultHasher::new();
     snap.mesh_yaml.hash(&mut h);
-    let in_scope = snap
-        .security_in(root)
-        .chain((namespace != root).then(|| snap.security_in(namespace)).into_iter().flatten());
+    let in_scope = snap.security_in(root).chain(
+        (namespace != root)
+            .then(|| snap.security_in(namespace))
+            .into_iter()
+            .flatten(),
+    );
     let mut resources = Vec::new();
     for e in in_scope {
         if warden_policy::applies_to(&e.resource, root, &wl) {
@@ -275,6 +290,10 @@ impl ConfigDiscovery for PushServer {
         let labels: BTreeMap<String, String> = registration.labels.into_iter().collect();
         let (tx, rx) = mpsc::channel::<Result<ConfigSnapshot, Status>>(4);
         let mut source = self.source.clone();
+        let mut closing = self.closing.subscribe();
+        if *closing.borrow_and_update() {
+            return Err(Status::unavailable("the control plane is shutting down"));
+        }
         let server = self.clone();
         tokio::spawn(async move {
             let _guard = guard;
@@ -288,17 +307,18 @@ impl ConfigDiscovery for PushServer {
                     let (mut msg, h) = select(&snap, &registration.namespace, &labels);
                     // Unchanged for this proxy: nothing to push (it keeps its version).
                     if last_hash != Some(h) {
-                    last_hash = Some(h);
-                    nonce += 1;
-                    msg.nonce = format!("{id}-{nonce}");
-                    let version = msg.version;
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
-                    server.update(id, |p| p.version_sent = version);
+                        last_hash = Some(h);
+                        nonce += 1;
+                        msg.nonce = format!("{id}-{nonce}");
+                        let version = msg.version;
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                        server.update(id, |p| p.version_sent = version);
                     }
                 }
                 tokio::select! {
+                    _ = closing.changed() => return,
                     changed = source.changed() => {
                         if changed.is_err() {
                             return;
@@ -390,7 +410,11 @@ pub fn mtls_incoming(
     let (tx, rx) = mpsc::channel::<Result<PeerStream, std::io::Error>>(64);
     tokio::spawn(async move {
         loop {
-            let (tcp, addr) = match listener.accept().await {
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            let (tcp, addr) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -445,6 +469,11 @@ pub async fn serve(
     server: PushServer,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let closer = server.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closer.close_streams();
+    };
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(server.service())

@@ -108,7 +108,9 @@ pub async fn fetch(addr: SocketAddr) -> Result<Vec<ProxyStatus>, StatusError> {
         addr,
         message: e.to_string(),
     };
-    let tcp = TcpStream::connect(addr).await.map_err(|e| unreachable(&e))?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| unreachable(&e))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|e| unreachable(&e))?;
@@ -154,7 +156,15 @@ pub fn render_table(proxies: &[ProxyStatus]) -> String {
         .iter()
         .map(|p| {
             [
-                format!("{}.{}", if p.pod_name.is_empty() { "-" } else { &p.pod_name }, p.namespace),
+                format!(
+                    "{}.{}",
+                    if p.pod_name.is_empty() {
+                        "-"
+                    } else {
+                        &p.pod_name
+                    },
+                    p.namespace
+                ),
                 p.identity.clone(),
                 p.proxy_type.clone(),
                 p.version_sent.to_string(),

@@ -192,10 +192,9 @@ impl FileStore {
                 };
             }
         };
-        let mesh_text = self
-            .mesh_file
-            .as_ref()
-            .map(|p| std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display())));
+        let mesh_text = self.mesh_file.as_ref().map(|p| {
+            std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))
+        });
         let mut st = self.lock();
         self.apply(&mut st, files, mesh_text)
     }
@@ -229,9 +228,7 @@ impl FileStore {
             .map(|t| hash(&t));
         let st = self.lock();
         let same = files.len() == st.hashes.len()
-            && files
-                .iter()
-                .all(|(p, (h, _))| st.hashes.get(p) == Some(h))
+            && files.iter().all(|(p, (h, _))| st.hashes.get(p) == Some(h))
             && mesh == st.mesh_hash;
         if same {
             None
@@ -422,7 +419,10 @@ impl FileStore {
                 if let Ok(Some(o)) = outcome
                     && !o.published
                 {
-                    tracing::debug!(version = o.version, "config files changed; effective config unchanged");
+                    tracing::debug!(
+                        version = o.version,
+                        "config files changed; effective config unchanged"
+                    );
                 }
             }
         })

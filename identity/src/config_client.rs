@@ -127,13 +127,7 @@ impl<T: Send + Sync + 'static> ConfigSubscriber<T> {
     ) -> Self {
         let (config_tx, config) = watch::channel(None);
         let (status_tx, status) = watch::channel(SubscriberStatus::default());
-        let task = tokio::spawn(run(
-            tls,
-            options,
-            Arc::new(validate),
-            config_tx,
-            status_tx,
-        ));
+        let task = tokio::spawn(run(tls, options, Arc::new(validate), config_tx, status_tx));
         ConfigSubscriber {
             config,
             status,
@@ -219,7 +213,12 @@ async fn session<T: Send + Sync + 'static>(
     let channel = endpoint
         .connect_with_connector(connector)
         .await
-        .map_err(|e| (false, format!("cannot connect to {}: {}", options.address, chain(&e))))?;
+        .map_err(|e| {
+            (
+                false,
+                format!("cannot connect to {}: {}", options.address, chain(&e)),
+            )
+        })?;
     let mut client = ConfigDiscoveryClient::new(channel);
     let (tx, rx) = mpsc::channel::<SubscribeRequest>(16);
     let current_version = config_tx.borrow().as_ref().map_or(0, |c| c.version);
@@ -240,7 +239,12 @@ async fn session<T: Send + Sync + 'static>(
     let mut stream = client
         .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| (false, format!("subscribe refused: {:?}: {}", s.code(), s.message())))?
+        .map_err(|s| {
+            (
+                false,
+                format!("subscribe refused: {:?}: {}", s.code(), s.message()),
+            )
+        })?
         .into_inner();
     status_tx.send_modify(|s| s.connected = true);
     let mut received = false;
