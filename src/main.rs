@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod certs;
 mod check;
+mod proxy_status;
 
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
 #[derive(Debug, Parser)]
@@ -33,6 +34,8 @@ enum Command {
     Certs(certs::CertsCommand),
     /// Explain what Istio security policy decides for a workload and a request.
     Check(Box<check::CheckArgs>),
+    /// Show the proxies connected to a control plane: identity, config version, ACK/NACK, certificate expiry.
+    ProxyStatus(proxy_status::ProxyStatusArgs),
 }
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
@@ -56,5 +59,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Check(args) => std::process::exit(check::run(*args)),
+        Command::ProxyStatus(args) => proxy_status::run(args),
     }
 }

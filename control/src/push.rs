@@ -99,7 +99,11 @@ pub struct PushServer {
     proxies: Arc<Mutex<BTreeMap<u64, ProxyStatus>>>,
     next_id: Arc<AtomicU64>,
     closing: Arc<watch::Sender<bool>>,
+    peer_from: PeerExtractor,
 }
+
+/// Reads the caller's verified identity from a request's extensions.
+pub type PeerExtractor = Arc<dyn Fn(&tonic::Extensions) -> Option<PeerInfo> + Send + Sync>;
 
 impl std::fmt::Debug for PushServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,7 +121,20 @@ impl PushServer {
             proxies: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
             closing: Arc::new(watch::Sender::new(false)),
+            peer_from: Arc::new(|ext: &tonic::Extensions| ext.get::<PeerInfo>().cloned()),
         }
+    }
+
+    /// Uses another way to find the caller's identity, for a server whose TLS layer attaches its
+    /// own connection type (e.g. the CA server on 15012, where client certificates are optional
+    /// because the first CSR authenticates with a token). Return `None` when the client presented
+    /// no verified certificate: the subscription is then refused.
+    pub fn with_peer_extractor(
+        mut self,
+        f: impl Fn(&tonic::Extensions) -> Option<PeerInfo> + Send + Sync + 'static,
+    ) -> Self {
+        self.peer_from = Arc::new(f);
+        self
     }
 
     /// Ends every subscription stream (proxies reconnect, to this or another control plane).
@@ -226,10 +243,7 @@ impl ConfigDiscovery for PushServer {
         &self,
         request: Request<Streaming<SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let peer = request
-            .extensions()
-            .get::<PeerInfo>()
-            .cloned()
+        let peer = (self.peer_from)(request.extensions())
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
         let cert_ns = peer
             .identity
