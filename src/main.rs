@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod certs;
 mod check;
+mod control;
 mod proxy_status;
 
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
@@ -36,6 +37,9 @@ enum Command {
     Check(Box<check::CheckArgs>),
     /// Show the proxies connected to a control plane: identity, config version, ACK/NACK, certificate expiry.
     ProxyStatus(proxy_status::ProxyStatusArgs),
+    /// Run the control plane (mesh CA on port 15012), or administer it: tokens, revocation,
+    /// root rotation.
+    Control(Box<control::ControlArgs>),
 }
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
@@ -60,5 +64,6 @@ fn main() -> anyhow::Result<()> {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Check(args) => std::process::exit(check::run(*args)),
         Command::ProxyStatus(args) => proxy_status::run(args),
+        Command::Control(args) => control::run(*args),
     }
 }

@@ -8,6 +8,7 @@
 //! This crate knows nothing of sockets beyond what TLS needs, and nothing of policy.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod ca;
 pub mod config_client;
 mod fsutil;

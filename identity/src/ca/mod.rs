@@ -478,6 +478,21 @@ impl CertificateAuthority {
         Ok(Self::assemble(mode, options, state, revocations, issued))
     }
 
+    /// Opens the self-signed CA in `dir` for administration from a process other than the
+    /// running control plane (root rotation commands). Like [`self_signed`](Self::self_signed),
+    /// but `issued.jsonl` is opened read-only: opening it for writing compacts (replaces) the
+    /// file, and the running CA would go on appending to the replaced one. Such an instance
+    /// cannot sign workload certificates.
+    pub fn self_signed_admin(dir: impl AsRef<Path>, options: CaOptions) -> Result<Self, CaError> {
+        let dir = dir.as_ref().to_owned();
+        let now = now_utc();
+        let mode = CaMode::SelfSigned { dir: dir.clone() };
+        let state = load_state(&mode, &options, now)?;
+        let revocations = RevocationStore::open(&dir)?;
+        let issued = IssuedLog::read_only(&dir, now)?;
+        Ok(Self::assemble(mode, options, state, revocations, issued))
+    }
+
     /// Loads and checks the plugin CA in `plugin_dir` (which may be read-only, e.g. a mounted
     /// secret). Revocation state goes to `state_dir`; with `None` it is kept in memory only.
     pub fn plugin(

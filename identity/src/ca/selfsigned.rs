@@ -207,8 +207,9 @@ pub(crate) fn load_or_create(
             bundle.push(sder.clone());
         }
         (false, true) => {
-            tracing::warn!(file = %sk.display(), "removing the key of an interrupted root staging");
-            fs::remove_file(&sk).map_err(|e| CaError::io("removing", &sk, e))?;
+            // An interrupted staging, or one in progress in another process (the key is
+            // written first): ignore the key, never remove it; the next staging replaces it.
+            tracing::debug!(file = %sk.display(), "ignoring a staged root key without its certificate");
         }
         (true, false) => {
             return Err(CaError::MissingFile {
@@ -376,7 +377,15 @@ pub(crate) fn activate(layout: &Layout) -> Result<Serial, CaError> {
     let new_serial = Serial::of(&parse(&new, &sc, 0)?);
     // Key first: an interruption between the renames is finished on the next load.
     fs::rename(&sk, layout.root_key()).map_err(|e| CaError::io("renaming", &sk, e))?;
-    fs::rename(&sc, layout.root_cert()).map_err(|e| CaError::io("renaming", &sc, e))?;
+    if let Err(e) = fs::rename(&sc, layout.root_cert()) {
+        // A control plane loading the CA between the two renames completes the activation
+        // itself (see `load_or_create`); that is success too.
+        let completed = e.kind() == std::io::ErrorKind::NotFound
+            && load_one_cert(&layout.root_cert()).is_ok_and(|c| c == new);
+        if !completed {
+            return Err(CaError::io("renaming", &sc, e));
+        }
+    }
     Ok(new_serial)
 }
 

@@ -22,6 +22,7 @@ mod verify;
 
 pub use alpn::Alpn;
 pub use config::{TlsConfigs, TlsSettings, crypto_provider};
+pub(crate) use credentials::pem_certs as credentials_pem_certs;
 pub use credentials::{TrustBundle, WorkloadCredentials};
 pub use error::{CredentialsError, PeerCertError, Purpose, TlsError};
 pub use provider::{Accepted, ClientTlsStream, ServerTlsStream, TlsProvider};

@@ -238,9 +238,11 @@ fn session_key(expected: &[SpiffeId]) -> ServerName<'static> {
         ctx.update(b"\0");
     }
     let digest = ctx.finish();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut name = String::with_capacity(40);
-    for b in &digest.as_ref()[..10] {
-        name.push_str(&format!("{b:02x}"));
+    for &b in &digest.as_ref()[..10] {
+        name.push(char::from(HEX[usize::from(b >> 4)]));
+        name.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     name.push_str(".mesh.invalid");
     ServerName::try_from(name).unwrap_or(ServerName::IpAddress(

@@ -26,7 +26,7 @@ pub fn id(ns: &str, sa: &str) -> SpiffeId {
 /// A self-signed mesh CA in a temporary directory.
 pub struct Mesh {
     pub dir: tempfile::TempDir,
-    pub ca: CertificateAuthority,
+    pub ca: Arc<CertificateAuthority>,
 }
 
 /// Issued credentials as PEM and as a `WorkloadCredentials`.
@@ -44,7 +44,10 @@ impl Mesh {
     pub fn with_options(options: CaOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::self_signed(dir.path().join("ca"), options).unwrap();
-        Self { dir, ca }
+        Self {
+            dir,
+            ca: Arc::new(ca),
+        }
     }
 
     pub fn root_pem(&self) -> String {
