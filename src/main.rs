@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod certs;
 mod check;
 mod control;
+mod proxy_status;
 mod sidecar;
 
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
@@ -35,6 +36,8 @@ enum Command {
     Certs(certs::CertsCommand),
     /// Explain what Istio security policy decides for a workload and a request.
     Check(Box<check::CheckArgs>),
+    /// Show the proxies connected to a control plane: identity, config version, ACK/NACK, certificate expiry.
+    ProxyStatus(proxy_status::ProxyStatusArgs),
     /// Run the control plane (mesh CA on port 15012), or administer it: tokens, revocation,
     /// root rotation.
     Control(Box<control::ControlArgs>),
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Check(args) => std::process::exit(check::run(*args)),
+        Command::ProxyStatus(args) => proxy_status::run(args),
         Command::Control(args) => control::run(*args),
         Command::Sidecar(args) => sidecar::run(
             args,

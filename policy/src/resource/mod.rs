@@ -131,7 +131,7 @@ pub enum Interpreted {
 
 /// Reads a document as a security resource (schema, then Istio's validation), or passes it on.
 pub fn interpret(doc: Document) -> Interpreted {
-    let Some(kind) = ResourceKind::parse(&doc.kind) else {
+    let Some(kind) = ResourceKind::parse(&doc.kind).filter(|k| k.is_security()) else {
         return Interpreted::Other(doc);
     };
     if doc.group() != SECURITY_GROUP {
@@ -240,6 +240,8 @@ pub fn interpret(doc: Document) -> Interpreted {
                 })
             })
         }
+        // `kind` is a security kind (checked above).
+        _ => None,
     };
     if let Some(resource) = &resource {
         let report = validate::validate(resource);
