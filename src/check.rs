@@ -88,7 +88,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "NAME", help_heading = "Connection")]
     sni: Option<String>,
     /// Evaluate a TCP connection instead of an HTTP request (Istio's HTTP-only rule applies).
-    #[arg(long, help_heading = "Connection", conflicts_with_all = ["method", "path", "host", "headers", "request_principal", "claims", "claims_json"])]
+    #[arg(long, help_heading = "Connection", conflicts_with_all = ["method", "path", "host", "headers", "request_principal", "claims", "claims_json", "jwt"])]
     tcp: bool,
 
     /// The HTTP method.
@@ -117,6 +117,13 @@ pub struct CheckArgs {
     /// Istio's path normalization.
     #[arg(long, value_name = "MODE", default_value = "base", value_parser = normalization, help_heading = "HTTP request")]
     path_normalization: PathNormalization,
+
+    /// A JWT sent as `Authorization: Bearer TOKEN`, validated with the workload's
+    /// RequestAuthentication rules (inline `jwks`) exactly as the sidecar does: an invalid token is
+    /// denied with 401 (403 for a disallowed audience) before authorization; a valid one gives the
+    /// request principal and claims. Tokens in --header or the --path query are validated too.
+    #[arg(long, value_name = "TOKEN", help_heading = "HTTP request")]
+    jwt: Option<String>,
 
     /// The request principal `ISS/SUB` of an already validated JWT (sets the `iss` and `sub` claims).
     #[arg(long, value_name = "ISS/SUB", help_heading = "Validated JWT")]
@@ -191,6 +198,54 @@ fn claims(args: &CheckArgs) -> Result<Option<Value>, String> {
     Ok(Some(payload))
 }
 
+/// What RequestAuthentication made of the request's token.
+enum JwtResult {
+    /// No token, or no RequestAuthentication applies.
+    None,
+    /// A valid token: its payload.
+    Valid(Value),
+    /// A present but invalid token: the status (401, or 403 for the audience) and why.
+    Failed(u16, String),
+}
+
+/// Validates the request's token (from --jwt, --header or the --path query) with the workload's
+/// RequestAuthentication rules, as the sidecar does.
+fn authenticate_jwt(
+    args: &CheckArgs,
+    rules: &[warden_policy::scope::AppliedJwtRule],
+    headers: &HeaderMap,
+) -> Result<JwtResult, String> {
+    use warden_policy::jwt::{JwtAuthenticator, JwtConfig, SimpleRequest};
+    if rules.is_empty() {
+        if args.jwt.is_some() {
+            return Err(
+                "--jwt: no RequestAuthentication applies to this workload, so the token would \
+                 not be validated (use --claim/--request-principal to simulate a validated token)"
+                    .into(),
+            );
+        }
+        return Ok(JwtResult::None);
+    }
+    let jwt_rules: Vec<_> = rules.iter().map(|r| r.rule().clone()).collect();
+    let authenticator = JwtAuthenticator::compile(&jwt_rules, JwtConfig::default())
+        .map_err(|e| format!("RequestAuthentication: {e}"))?;
+    let mut request = SimpleRequest::new(args.method.clone());
+    for (name, value) in headers {
+        request.headers.push((
+            name.as_str().to_owned(),
+            String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        ));
+    }
+    request.query = args.path.split_once('?').map(|(_, q)| q.to_owned());
+    Ok(
+        match authenticator.authenticate(&request, std::time::SystemTime::now()) {
+            Ok(Some(outcome)) => JwtResult::Valid(outcome.claims),
+            Ok(None) => JwtResult::None,
+            Err(failure) => JwtResult::Failed(failure.status_code(), failure.to_string()),
+        },
+    )
+}
+
 #[derive(Serialize)]
 struct Deciding {
     policy: String,
@@ -261,6 +316,28 @@ fn execute(args: &CheckArgs) -> Result<i32, String> {
     for (name, value) in &args.headers {
         headers.append(name.clone(), value.clone());
     }
+    if let Some(token) = &args.jwt {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "--jwt: the token is not a valid header value".to_string())?;
+        headers.append(http::header::AUTHORIZATION, value);
+    }
+    let jwt = if args.tcp {
+        JwtResult::None
+    } else {
+        authenticate_jwt(args, &compiled.jwt_rules, &headers)?
+    };
+    let payload = match (&jwt, payload) {
+        // Claims given with flags add to (and override) those of a validated token.
+        (JwtResult::Valid(claims), Some(Value::Object(extra))) => {
+            let mut merged = claims.clone();
+            for (k, v) in extra {
+                merged[k.as_str()] = v;
+            }
+            Some(merged)
+        }
+        (JwtResult::Valid(claims), _) => Some(claims.clone()),
+        (_, p) => p,
+    };
     let host = args
         .host
         .clone()
@@ -338,7 +415,13 @@ fn execute(args: &CheckArgs) -> Result<i32, String> {
                 args.port, report.mtls.source
             ),
         )),
-        _ => None,
+        _ => match &jwt {
+            JwtResult::Failed(status, why) => Some((
+                Some(*status),
+                format!("rejected before authorization by RequestAuthentication: {why}"),
+            )),
+            _ => None,
+        },
     };
 
     let path = match &normalized {

@@ -240,3 +240,57 @@ fn bad_path_is_a_400() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("DENY (HTTP 400)"), "{text}");
 }
+
+/// `--jwt` runs the workload's RequestAuthentication exactly as the sidecar would: a valid token
+/// gives the request principal and claims that AuthorizationPolicy matches; a forged one is 401.
+#[test]
+fn jwt_is_validated_with_the_workloads_request_authentication() {
+    use warden_policy::jwt::{Algorithm, SigningKey, jwks_json};
+    let dir = setup();
+    let key = SigningKey::generate(Algorithm::ES256)
+        .unwrap()
+        .with_kid("k1");
+    let jwks = jwks_json([key.public_jwk().unwrap()]);
+    let ra = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: foo}}\n\
+         spec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  jwtRules:\n  - issuer: https://idp.example.com\n    jwks: '{jwks}'\n"
+    );
+    std::fs::write(dir.path().join("ra.yaml"), ra).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": "https://idp.example.com", "sub": "alice", "exp": now + 600, "groups": ["admins"],
+    });
+    let token = key.sign(&claims).unwrap();
+    let base = ["-n", "foo", "-l", "app=httpbin", "--method", "POST"];
+
+    // Valid token, claim groups=admins: allowed by rule 1 of allow-get.
+    let mut args = base.to_vec();
+    args.extend(["--jwt", &token]);
+    let out = warden(dir.path(), &args);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("allowed by foo/allow-get rule 1"), "{text}");
+
+    // The same token signed by another key: 401 before authorization.
+    let forged = SigningKey::generate(Algorithm::ES256)
+        .unwrap()
+        .with_kid("k1")
+        .sign(&claims)
+        .unwrap();
+    let mut args = base.to_vec();
+    args.extend(["--jwt", &forged]);
+    let out = warden(dir.path(), &args);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("RequestAuthentication"), "{text}");
+    assert!(text.contains("401"), "{text}");
+
+    // No token: no request principal, so the POST is denied by ALLOW (403), not 401.
+    let out = warden(dir.path(), &base);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(!text.contains("RequestAuthentication:"), "{text}");
+}
