@@ -4,7 +4,7 @@
 use std::error::Error;
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let protos = ["proto/ca.proto"];
+    let protos = ["proto/ca.proto", "proto/config.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 mod certs;
 mod check;
 mod control;
+mod proxy_status;
+mod sidecar;
 
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
 #[derive(Debug, Parser)]
@@ -34,9 +36,13 @@ enum Command {
     Certs(certs::CertsCommand),
     /// Explain what Istio security policy decides for a workload and a request.
     Check(Box<check::CheckArgs>),
+    /// Show the proxies connected to a control plane: identity, config version, ACK/NACK, certificate expiry.
+    ProxyStatus(proxy_status::ProxyStatusArgs),
     /// Run the control plane (mesh CA on port 15012), or administer it: tokens, revocation,
     /// root rotation.
     Control(Box<control::ControlArgs>),
+    /// Run the sidecar proxy for one workload (mTLS, policy, metrics, drain).
+    Sidecar(sidecar::SidecarArgs),
 }
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
@@ -56,10 +62,19 @@ fn init_logging(filter: Option<&str>, format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref(), cli.log_format);
+    // The sidecar installs its own subscriber (its log level changes at runtime).
+    if !matches!(cli.command, Command::Sidecar(_)) {
+        init_logging(cli.log.as_deref(), cli.log_format);
+    }
     match cli.command {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Check(args) => std::process::exit(check::run(*args)),
+        Command::ProxyStatus(args) => proxy_status::run(args),
         Command::Control(args) => control::run(*args),
+        Command::Sidecar(args) => sidecar::run(
+            args,
+            cli.log.as_deref(),
+            matches!(cli.log_format, LogFormat::Json),
+        ),
     }
 }

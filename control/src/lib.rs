@@ -24,9 +24,12 @@ mod error;
 mod fsutil;
 pub mod peer;
 pub mod publish;
+pub mod push;
 pub mod server;
 pub mod service;
 pub mod serving;
+pub mod status;
+pub mod store;
 pub mod tls;
 pub mod token_key;
 

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod ca;
+pub mod config_client;
 mod fsutil;
 pub mod keys;
 pub mod revocation;
@@ -29,5 +30,11 @@ pub mod proto {
     #[allow(missing_docs, clippy::all, clippy::pedantic)]
     pub mod istio_ca {
         tonic::include_proto!("istio.v1.auth");
+    }
+
+    /// `warden.config.v1`: Warden's configuration push (`ConfigDiscovery`), client and server.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod config {
+        tonic::include_proto!("warden.config.v1");
     }
 }

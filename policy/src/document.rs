@@ -264,7 +264,7 @@ pub fn document_from_value(
 }
 
 fn parse_meta(v: &serde_yaml::Value) -> Result<ObjectMeta, (String, Problem)> {
-    let raw: RawMeta = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+    let raw: RawMeta = serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." {
             "metadata".to_owned()

@@ -11,7 +11,8 @@ use serde::Serialize;
 pub struct Location {
     /// The file the document was read from (or a label such as `<stdin>`).
     pub file: Arc<Path>,
-    /// The 1-based index of the YAML document in the file (documents are separated by `---`).
+    /// The 1-based index of the YAML document in the file (documents are separated by `---`);
+    /// 0 for the file as a whole (it could not be read).
     pub document: usize,
     /// For a `kind: List` document, the 0-based index of the item in `items`.
     pub item: Option<usize>,
@@ -30,7 +31,10 @@ impl Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: document {}", self.file.display(), self.document)?;
+        write!(f, "{}", self.file.display())?;
+        if self.document > 0 {
+            write!(f, ": document {}", self.document)?;
+        }
         if let Some(item) = self.item {
             write!(f, " item {item}")?;
         }
@@ -53,6 +57,16 @@ pub enum ResourceKind {
     PeerAuthentication,
     /// `RequestAuthentication`.
     RequestAuthentication,
+    /// `ServiceEntry` (networking.istio.io).
+    ServiceEntry,
+    /// `WorkloadEntry` (networking.istio.io).
+    WorkloadEntry,
+    /// `Gateway` (networking.istio.io).
+    Gateway,
+    /// `VirtualService` (networking.istio.io).
+    VirtualService,
+    /// `DestinationRule` (networking.istio.io).
+    DestinationRule,
 }
 
 impl ResourceKind {
@@ -62,10 +76,37 @@ impl ResourceKind {
             ResourceKind::AuthorizationPolicy => "AuthorizationPolicy",
             ResourceKind::PeerAuthentication => "PeerAuthentication",
             ResourceKind::RequestAuthentication => "RequestAuthentication",
+            ResourceKind::ServiceEntry => "ServiceEntry",
+            ResourceKind::WorkloadEntry => "WorkloadEntry",
+            ResourceKind::Gateway => "Gateway",
+            ResourceKind::VirtualService => "VirtualService",
+            ResourceKind::DestinationRule => "DestinationRule",
         }
     }
 
-    /// Parses a `kind` string.
+    /// Whether this is one of the `security.istio.io` kinds.
+    pub fn is_security(self) -> bool {
+        matches!(
+            self,
+            ResourceKind::AuthorizationPolicy
+                | ResourceKind::PeerAuthentication
+                | ResourceKind::RequestAuthentication
+        )
+    }
+
+    /// Parses a networking (`networking.istio.io`) `kind` string.
+    pub fn parse_networking(kind: &str) -> Option<Self> {
+        match kind {
+            "ServiceEntry" => Some(ResourceKind::ServiceEntry),
+            "WorkloadEntry" => Some(ResourceKind::WorkloadEntry),
+            "Gateway" => Some(ResourceKind::Gateway),
+            "VirtualService" => Some(ResourceKind::VirtualService),
+            "DestinationRule" => Some(ResourceKind::DestinationRule),
+            _ => None,
+        }
+    }
+
+    /// Parses a security `kind` string.
     pub fn parse(kind: &str) -> Option<Self> {
         match kind {
             "AuthorizationPolicy" => Some(ResourceKind::AuthorizationPolicy),
@@ -270,6 +311,12 @@ pub enum Problem {
     /// An `outputClaimToHeaders` entry without header or claim.
     #[error("`header` and `claim` must both be set")]
     IncompleteClaimToHeader,
+    /// A networking kind with an apiVersion Warden does not know.
+    #[error("unsupported apiVersion {0:?} (expected networking.istio.io/v1, v1beta1 or v1alpha3)")]
+    UnsupportedNetworkingApiVersion(String),
+    /// A value Istio's validation rejects, with the reason.
+    #[error("invalid value {0:?}: {1}")]
+    InvalidValue(String, &'static str),
     /// A duration that cannot be parsed.
     #[error("invalid duration {0:?}: expected e.g. 5s, 1.5s or 100ms")]
     InvalidDuration(String),
@@ -348,6 +395,9 @@ pub enum Advice {
         "targetRef kind {0:?} applies to waypoint proxies only; this policy applies to no Warden workload"
     )]
     WaypointOnlyTarget(String),
+    /// A field Istio accepts that Warden does not implement: it is ignored.
+    #[error("field `{0}` is not implemented by Warden and is ignored")]
+    IgnoredField(String),
 }
 
 /// A warning with the same location details as [`ConfigError`].

@@ -36,6 +36,7 @@
 
 mod attribute;
 pub mod authz;
+pub mod config;
 pub mod document;
 pub mod duration;
 pub mod error;
@@ -43,9 +44,12 @@ pub mod jwt;
 pub mod jwt_rule;
 pub mod load;
 mod matcher;
+pub mod mesh;
 pub mod names;
+pub mod networking;
 pub mod path;
 pub mod peer_authn;
+pub mod registry;
 pub mod request;
 pub mod resource;
 pub mod scope;
@@ -65,5 +69,5 @@ pub use request::{ConnectionContext, HttpRequest, Request, RequestAuth};
 pub use resource::{Action, Resource};
 pub use scope::{
     AppliedJwtRule, CompiledPolicies, DEFAULT_ROOT_NAMESPACE, PolicySet, PolicySetOptions,
-    WorkloadRef,
+    WorkloadRef, applies_to,
 };

@@ -1,31 +1,108 @@
-//! Precompiled string matchers with Istio's semantics. Matching never allocates.
+//! Precompiled string matchers with Istio's semantics. Matching never allocates, and each value
+//! is one allocation that also keeps the text as written (for explanations).
 
-use std::fmt;
+use std::borrow::Cow;
 
-/// Istio's string match: `abc` exact, `abc*` prefix, `*abc` suffix, `*` any non-empty value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StrMatch {
-    /// Equal to.
-    Exact(Box<str>),
-    /// Starts with.
-    Prefix(Box<str>),
-    /// Ends with.
-    Suffix(Box<str>),
-    /// Any non-empty value.
+/// Istio's string match kinds: `abc` exact, `abc*` prefix, `*abc` suffix, `*` any non-empty value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Exact,
+    Prefix,
+    Suffix,
     Any,
 }
 
-impl StrMatch {
-    /// Istio's rule: `*` first, then a leading `*` (suffix), then a trailing `*` (prefix).
-    pub(crate) fn parse(v: &str) -> StrMatch {
-        if v == "*" {
-            StrMatch::Any
-        } else if let Some(s) = v.strip_prefix('*') {
-            StrMatch::Suffix(s.into())
-        } else if let Some(p) = v.strip_suffix('*') {
-            StrMatch::Prefix(p.into())
+/// A pattern over a range of a text: the text is stored once by the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pat {
+    kind: Kind,
+    start: u32,
+    end: u32,
+}
+
+impl Pat {
+    /// Istio's rule on `text[start..end]`: `*` first, then a leading `*` (suffix), then a
+    /// trailing `*` (prefix), else exact.
+    fn parse(text: &str, start: usize, end: usize) -> Pat {
+        let v = &text[start..end];
+        let (kind, start, end) = if v == "*" {
+            (Kind::Any, start, start)
+        } else if v.starts_with('*') {
+            (Kind::Suffix, start + 1, end)
+        } else if v.ends_with('*') {
+            (Kind::Prefix, start, end - 1)
         } else {
-            StrMatch::Exact(v.into())
+            (Kind::Exact, start, end)
+        };
+        Pat {
+            kind,
+            // Policy values are far below 4 GiB.
+            start: u32::try_from(start).unwrap_or(u32::MAX),
+            end: u32::try_from(end).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn exact(start: usize, end: usize) -> Pat {
+        Pat {
+            kind: Kind::Exact,
+            start: u32::try_from(start).unwrap_or(u32::MAX),
+            end: u32::try_from(end).unwrap_or(u32::MAX),
+        }
+    }
+
+    const ANY: Pat = Pat {
+        kind: Kind::Any,
+        start: 0,
+        end: 0,
+    };
+
+    #[inline]
+    fn pattern<'t>(&self, text: &'t str) -> &'t [u8] {
+        text.as_bytes()
+            .get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
+
+    #[inline]
+    fn matches(&self, text: &str, s: &[u8]) -> bool {
+        let p = self.pattern(text);
+        match self.kind {
+            Kind::Exact => s == p,
+            Kind::Prefix => s.starts_with(p),
+            Kind::Suffix => s.ends_with(p),
+            Kind::Any => !s.is_empty(),
+        }
+    }
+
+    #[inline]
+    fn matches_ignore_case(&self, text: &str, s: &[u8]) -> bool {
+        let p = self.pattern(text);
+        match self.kind {
+            Kind::Exact => s.eq_ignore_ascii_case(p),
+            Kind::Prefix => s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p),
+            Kind::Suffix => s.len() >= p.len() && s[s.len() - p.len()..].eq_ignore_ascii_case(p),
+            Kind::Any => !s.is_empty(),
+        }
+    }
+}
+
+/// The text of a matcher as written in the policy.
+pub(crate) trait Raw {
+    fn raw(&self) -> Cow<'_, str>;
+}
+
+/// Istio's string match: `abc` exact, `abc*` prefix, `*abc` suffix, `*` any non-empty value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StrMatch {
+    text: Box<str>,
+    pat: Pat,
+}
+
+impl StrMatch {
+    pub(crate) fn parse(v: &str) -> StrMatch {
+        StrMatch {
+            pat: Pat::parse(v, 0, v.len()),
+            text: v.into(),
         }
     }
 
@@ -34,48 +111,46 @@ impl StrMatch {
         StrMatch::parse(&v.to_ascii_lowercase())
     }
 
+    /// Whether this is `*` (any non-empty value).
+    pub(crate) fn is_any(&self) -> bool {
+        self.pat.kind == Kind::Any
+    }
+
     #[inline]
     pub(crate) fn matches(&self, s: &str) -> bool {
-        match self {
-            StrMatch::Exact(e) => s == &**e,
-            StrMatch::Prefix(p) => s.starts_with(&**p),
-            StrMatch::Suffix(x) => s.ends_with(&**x),
-            StrMatch::Any => !s.is_empty(),
-        }
+        self.pat.matches(&self.text, s.as_bytes())
+    }
+
+    #[inline]
+    fn matches_bytes(&self, s: &[u8]) -> bool {
+        self.pat.matches(&self.text, s)
     }
 
     /// Case-insensitive match against a lower-cased pattern.
     #[inline]
     pub(crate) fn matches_ignore_case(&self, s: &str) -> bool {
-        let s = s.as_bytes();
-        match self {
-            StrMatch::Exact(e) => s.eq_ignore_ascii_case(e.as_bytes()),
-            StrMatch::Prefix(p) => {
-                s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p.as_bytes())
-            }
-            StrMatch::Suffix(x) => {
-                s.len() >= x.len() && s[s.len() - x.len()..].eq_ignore_ascii_case(x.as_bytes())
-            }
-            StrMatch::Any => !s.is_empty(),
-        }
+        self.pat.matches_ignore_case(&self.text, s.as_bytes())
+    }
+
+    fn pattern(&self) -> &[u8] {
+        self.pat.pattern(&self.text)
+    }
+}
+
+impl Raw for StrMatch {
+    fn raw(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.text)
     }
 }
 
 /// An Envoy header matcher over all values of one header, joined with `,` as Envoy does.
+/// Istio's `*` is a presence match (any value, even empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum HeaderMatch {
-    /// The header is present (any value, even empty): Istio's `*`.
-    Present,
-    /// Exact, prefix or suffix on the joined value.
-    Value(StrMatch),
-}
+pub(crate) struct HeaderMatch(StrMatch);
 
 impl HeaderMatch {
     pub(crate) fn parse(v: &str) -> HeaderMatch {
-        match StrMatch::parse(v) {
-            StrMatch::Any => HeaderMatch::Present,
-            m => HeaderMatch::Value(m),
-        }
+        HeaderMatch(StrMatch::parse(v))
     }
 
     /// Matches the values of one header (in order); `values` makes a fresh iterator over them.
@@ -89,25 +164,26 @@ impl HeaderMatch {
         let Some(first) = probe.next() else {
             return false;
         };
-        let single = probe.next().is_none();
-        match self {
-            HeaderMatch::Present => true,
-            HeaderMatch::Value(m) if single => match m {
-                StrMatch::Exact(e) => first == e.as_bytes(),
-                StrMatch::Prefix(p) => first.starts_with(p.as_bytes()),
-                StrMatch::Suffix(x) => first.ends_with(x.as_bytes()),
-                StrMatch::Any => !first.is_empty(),
-            },
-            HeaderMatch::Value(m) => match m {
-                StrMatch::Exact(e) => {
-                    joined_len(values()) == e.len() && joined_starts_with(values(), e.as_bytes())
-                }
-                StrMatch::Prefix(p) => joined_starts_with(values(), p.as_bytes()),
-                StrMatch::Suffix(x) => joined_ends_with(values(), x.as_bytes()),
-                // Several values always join to a non-empty string.
-                StrMatch::Any => true,
-            },
+        let m = &self.0;
+        if m.is_any() {
+            return true;
         }
+        if probe.next().is_none() {
+            return m.matches_bytes(first);
+        }
+        let p = m.pattern();
+        match m.pat.kind {
+            Kind::Exact => joined_len(values()) == p.len() && joined_starts_with(values(), p),
+            Kind::Prefix => joined_starts_with(values(), p),
+            Kind::Suffix => joined_ends_with(values(), p),
+            Kind::Any => true,
+        }
+    }
+}
+
+impl Raw for HeaderMatch {
+    fn raw(&self) -> Cow<'_, str> {
+        self.0.raw()
     }
 }
 
@@ -166,38 +242,54 @@ fn joined_ends_with<'a>(
     want.is_empty()
 }
 
-/// A glob where `*` matches any run of characters (also empty and across `/`), anchored at both ends.
-/// Istio's `source.namespace` / `namespaces` match is the regex `.*/ns/<v>/.*` with `*` -> `.*`.
+/// A glob where `*` matches any run of characters (also empty and across `/`), anchored at both
+/// ends. Istio's `namespaces` / `source.namespace` match is the regex `.*/ns/<v>/.*` with `*` in
+/// the value turned into `.*`: the glob `*/ns/<v>/*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Glob {
-    parts: Box<[Box<str>]>,
+    pattern: Box<str>,
+    /// Byte offsets of the first and last `*`.
+    first_star: usize,
+    last_star: usize,
+    /// Whether there are `*`s between the first and the last.
+    inner_stars: bool,
 }
 
 impl Glob {
-    pub(crate) fn new(pattern: &str) -> Glob {
-        Glob {
-            parts: pattern.split('*').map(Into::into).collect(),
-        }
-    }
-
     /// The namespace matcher for a `namespaces` value.
     pub(crate) fn namespace(v: &str) -> Glob {
-        Glob::new(&format!("*/ns/{v}/*"))
+        let pattern = format!("*/ns/{v}/*");
+        let last_star = pattern.len() - 1;
+        Glob {
+            inner_stars: v.contains('*'),
+            pattern: pattern.into(),
+            first_star: 0,
+            last_star,
+        }
     }
 
     pub(crate) fn matches(&self, s: &str) -> bool {
-        let parts = &self.parts;
-        if parts.len() == 1 {
-            return s == &*parts[0];
-        }
-        let first = &*parts[0];
-        let last = &*parts[parts.len() - 1];
-        if s.len() < first.len() + last.len() || !s.starts_with(first) || !s.ends_with(last) {
+        let p = &*self.pattern;
+        let s = s.as_bytes();
+        let first = &p.as_bytes()[..self.first_star];
+        let last = &p.as_bytes()[self.last_star + 1..];
+        if s.len() < first.len() + last.len()
+            || (!first.is_empty() && !s.starts_with(first))
+            || (!last.is_empty() && !s.ends_with(last))
+        {
             return false;
         }
-        let mut rest = &s[first.len()..s.len() - last.len()];
-        for mid in &parts[1..parts.len() - 1] {
-            match rest.find(&**mid) {
+        let rest = &s[first.len()..s.len() - last.len()];
+        if self.first_star == self.last_star {
+            return true;
+        }
+        let middle = &p[self.first_star + 1..self.last_star];
+        if !self.inner_stars {
+            return find_bytes(rest, middle.as_bytes()).is_some();
+        }
+        let mut rest = rest;
+        for mid in middle.split('*') {
+            match find_bytes(rest, mid.as_bytes()) {
                 Some(at) => rest = &rest[at + mid.len()..],
                 None => return false,
             }
@@ -206,31 +298,72 @@ impl Glob {
     }
 }
 
+impl Raw for Glob {
+    fn raw(&self) -> Cow<'_, str> {
+        let p = &*self.pattern;
+        Cow::Borrowed(
+            p.strip_prefix("*/ns/")
+                .and_then(|r| r.strip_suffix("/*"))
+                .unwrap_or(p),
+        )
+    }
+}
+
+/// Substring search for short needles in short haystacks (SPIFFE IDs): cheaper than building a
+/// two-way searcher for every call.
+#[inline]
+fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let Some((&first, tail)) = needle.split_first() else {
+        return Some(0);
+    };
+    if hay.len() < needle.len() {
+        return None;
+    }
+    // A byte loop: these needles are a few bytes long, and a `memcmp` call per candidate costs
+    // more than the comparison.
+    (0..=hay.len() - needle.len()).find(|&i| {
+        hay[i] == first
+            && hay[i + 1..i + needle.len()]
+                .iter()
+                .zip(tail)
+                .all(|(a, b)| a == b)
+    })
+}
+
 /// A `serviceAccounts` entry: Istio's regex `spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ServiceAccountMatch {
-    ns_part: Box<str>,
-    /// `/sa/<sa>`.
-    sa_slash: Box<str>,
+    /// `/ns/<ns>/` followed by `/sa/<sa>`.
+    text: Box<str>,
+    split: usize,
+    /// Whether the value named the namespace (`ns/sa`).
+    qualified: bool,
 }
 
 impl ServiceAccountMatch {
     /// `sa` (in `default_namespace`) or `ns/sa`.
     pub(crate) fn new(value: &str, default_namespace: &str) -> ServiceAccountMatch {
-        let (ns, sa) = value.split_once('/').unwrap_or((default_namespace, value));
+        let (qualified, (ns, sa)) = match value.split_once('/') {
+            Some(parts) => (true, parts),
+            None => (false, (default_namespace, value)),
+        };
+        let ns_part = format!("/ns/{ns}/");
+        let split = ns_part.len();
         ServiceAccountMatch {
-            ns_part: format!("/ns/{ns}/").into(),
-            sa_slash: format!("/sa/{sa}").into(),
+            text: format!("{ns_part}/sa/{sa}").into(),
+            split,
+            qualified,
         }
     }
 
     /// Matches a SPIFFE ID given without its `spiffe://` scheme.
     pub(crate) fn matches(&self, rest: &str) -> bool {
+        let ns_part = &self.text[..self.split];
         // `.+` before `/ns/`: the occurrence must not start at the very beginning.
         let mut from = second_char(rest);
-        while let Some(at) = rest.get(from..).and_then(|r| r.find(&*self.ns_part)) {
+        while let Some(at) = rest.get(from..).and_then(|r| r.find(ns_part)) {
             let pos = from + at;
-            if self.tail_matches(&rest[pos + self.ns_part.len()..]) {
+            if self.tail_matches(&rest[pos + ns_part.len()..]) {
                 return true;
             }
             // The needle starts with `/`, so `pos + 1` is a character boundary.
@@ -241,7 +374,7 @@ impl ServiceAccountMatch {
 
     /// `(.+/|)sa/<sa>(/.+)?` anchored at both ends.
     fn tail_matches(&self, s: &str) -> bool {
-        let needle = &*self.sa_slash;
+        let needle = &self.text[self.split..];
         let sa = &needle[1..];
         let end_ok = |after: &str| after.is_empty() || (after.len() > 1 && after.starts_with('/'));
         if let Some(after) = s.strip_prefix(sa)
@@ -262,6 +395,18 @@ impl ServiceAccountMatch {
     }
 }
 
+impl Raw for ServiceAccountMatch {
+    fn raw(&self) -> Cow<'_, str> {
+        let sa = &self.text[self.split + 4..];
+        if self.qualified {
+            let ns = &self.text[4..self.split - 1];
+            Cow::Owned(format!("{ns}/{sa}"))
+        } else {
+            Cow::Borrowed(sa)
+        }
+    }
+}
+
 /// The byte offset of the second character (the length of `s` if it has at most one).
 fn second_char(s: &str) -> usize {
     s.char_indices().nth(1).map_or(s.len(), |(i, _)| i)
@@ -271,64 +416,52 @@ fn second_char(s: &str) -> usize {
 /// `iss` and `sub` claims separately.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IssSubMatch {
-    pub(crate) iss: StrMatch,
-    pub(crate) sub: StrMatch,
+    text: Box<str>,
+    iss: Pat,
+    sub: Pat,
 }
 
 impl IssSubMatch {
     pub(crate) fn parse(value: &str) -> IssSubMatch {
-        let (iss, sub, found) = match value.rfind('/') {
-            Some(i) => (&value[..i], &value[i + 1..], true),
-            None => (value, "", false),
+        let len = value.len();
+        let slash = value.rfind('/');
+        // iss = value[..i], sub = value[i + 1..]
+        let (iss, sub) = match slash {
+            Some(i) => ((0, i), (i + 1, len)),
+            None => ((0, len), (len, len)),
         };
-        let exact = |s: &str| StrMatch::Exact(s.into());
-        if value == "*" {
-            IssSubMatch {
-                iss: StrMatch::Any,
-                sub: StrMatch::Any,
+        let (iss, sub) = if value == "*" {
+            (Pat::ANY, Pat::ANY)
+        } else if value.starts_with('*') {
+            match slash {
+                // `*<iss suffix>/<sub>` or `*/<sub>`.
+                Some(_) => (Pat::parse(value, iss.0, iss.1), Pat::exact(sub.0, sub.1)),
+                None => (Pat::ANY, Pat::parse(value, 0, len)),
             }
-        } else if let Some(rest) = value.strip_prefix('*') {
-            if found {
-                IssSubMatch {
-                    iss: if iss == "*" {
-                        StrMatch::Any
-                    } else {
-                        StrMatch::Suffix(iss[1..].into())
-                    },
-                    sub: exact(sub),
-                }
-            } else {
-                IssSubMatch {
-                    iss: StrMatch::Any,
-                    sub: StrMatch::Suffix(rest.into()),
-                }
-            }
-        } else if let Some(stripped) = value.strip_suffix('*') {
-            if found {
-                IssSubMatch {
-                    iss: exact(iss),
-                    sub: if sub == "*" {
-                        StrMatch::Any
-                    } else {
-                        StrMatch::Prefix(sub[..sub.len() - 1].into())
-                    },
-                }
-            } else {
-                IssSubMatch {
-                    iss: StrMatch::Prefix(stripped.into()),
-                    sub: StrMatch::Any,
-                }
+        } else if value.ends_with('*') {
+            match slash {
+                // `<iss>/<sub prefix>*` or `<iss>/*`.
+                Some(_) => (Pat::exact(iss.0, iss.1), Pat::parse(value, sub.0, sub.1)),
+                None => (Pat::parse(value, 0, len), Pat::ANY),
             }
         } else {
-            IssSubMatch {
-                iss: exact(iss),
-                sub: exact(sub),
-            }
+            (Pat::exact(iss.0, iss.1), Pat::exact(sub.0, sub.1))
+        };
+        IssSubMatch {
+            text: value.into(),
+            iss,
+            sub,
         }
     }
 
     pub(crate) fn matches(&self, iss: &str, sub: &str) -> bool {
-        self.iss.matches(iss) && self.sub.matches(sub)
+        self.iss.matches(&self.text, iss.as_bytes()) && self.sub.matches(&self.text, sub.as_bytes())
+    }
+}
+
+impl Raw for IssSubMatch {
+    fn raw(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.text)
     }
 }
 
@@ -346,6 +479,7 @@ enum Tpl {
 /// An Istio path template (`/foo/{*}/bar`, `/api/{**}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PathTemplate {
+    raw: Box<str>,
     parts: Box<[Tpl]>,
 }
 
@@ -391,6 +525,7 @@ impl PathTemplate {
             rest = &rest[len..];
         }
         Some(Some(PathTemplate {
+            raw: v.into(),
             parts: parts.into(),
         }))
     }
@@ -409,11 +544,16 @@ impl PathTemplate {
                             _ => 0,
                         })
                         .sum();
-                    s.len() >= tail && go(rest, &s[s.len() - tail..])
+                    s.len() >= tail
+                        && s.is_char_boundary(s.len() - tail)
+                        && go(rest, &s[s.len() - tail..])
                 }
                 Some((Tpl::One, rest)) => {
                     let seg_end = s.find('/').unwrap_or(s.len());
-                    (1..=seg_end).any(|n| go(rest, &s[n..]))
+                    s[..seg_end]
+                        .char_indices()
+                        .map(|(i, c)| i + c.len_utf8())
+                        .any(|n| go(rest, &s[n..]))
                 }
             }
         }
@@ -448,13 +588,32 @@ impl PathMatch {
     }
 }
 
-impl fmt::Display for StrMatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Raw for PathMatch {
+    fn raw(&self) -> Cow<'_, str> {
         match self {
-            StrMatch::Exact(e) => write!(f, "{e:?}"),
-            StrMatch::Prefix(p) => write!(f, "\"{p}*\""),
-            StrMatch::Suffix(s) => write!(f, "\"*{s}\""),
-            StrMatch::Any => f.write_str("\"*\""),
+            PathMatch::Str(m) => m.raw(),
+            PathMatch::Template(t) => Cow::Borrowed(&t.raw),
+        }
+    }
+}
+
+impl Raw for ipnet::IpNet {
+    /// A single address shows as written (`10.0.0.1`), a block as a CIDR.
+    fn raw(&self) -> Cow<'_, str> {
+        if self.prefix_len() == self.max_prefix_len() {
+            Cow::Owned(self.addr().to_string())
+        } else {
+            Cow::Owned(self.to_string())
+        }
+    }
+}
+
+impl Raw for (u16, u16) {
+    fn raw(&self) -> Cow<'_, str> {
+        if self.0 == self.1 {
+            Cow::Owned(self.0.to_string())
+        } else {
+            Cow::Owned(format!("{}-{}", self.0, self.1))
         }
     }
 }

@@ -155,6 +155,34 @@ pub struct CompiledPolicies {
     pub request_authentications: Vec<ResourceId>,
 }
 
+/// Whether `resource` applies to the workload: it is in the workload's namespace or in the root
+/// namespace, and its selector (or targetRef) picks the workload. The same rule
+/// [`PolicySet::compile_for`] uses; a control plane uses it to send each proxy only what applies.
+pub fn applies_to(resource: &Resource, root_namespace: &str, wl: &WorkloadRef<'_>) -> bool {
+    let ns = resource.metadata().namespace.as_str();
+    match resource {
+        Resource::AuthorizationPolicy(p) => Selects::new(
+            p.spec.selector.as_ref(),
+            p.spec.target_ref.as_ref(),
+            &p.spec.target_refs,
+        )
+        .applies(ns, root_namespace, wl),
+        Resource::RequestAuthentication(p) => Selects::new(
+            p.spec.selector.as_ref(),
+            p.spec.target_ref.as_ref(),
+            &p.spec.target_refs,
+        )
+        .applies(ns, root_namespace, wl),
+        Resource::PeerAuthentication(p) => {
+            (ns == wl.namespace || ns == root_namespace)
+                && p.spec
+                    .selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches(wl.labels))
+        }
+    }
+}
+
 impl PolicySet {
     /// Compiles and indexes resources.
     pub fn new<'a>(

@@ -398,5 +398,12 @@ fn unreadable_file_is_reported_in_its_own_entry() {
         .find(|f| f.path.ends_with("binary.yaml"))
         .unwrap();
     assert!(matches!(bad.errors[0].problem, Problem::Io(_)));
+    assert!(
+        bad.errors[0]
+            .to_string()
+            .ends_with("binary.yaml: cannot read: stream did not contain valid UTF-8"),
+        "{}",
+        bad.errors[0]
+    );
     assert_eq!(report.resources().count(), 1);
 }

@@ -1,6 +1,31 @@
-//! The Warden data plane.
+//! The Warden data plane: the sidecar's listeners, original destination, protocol detection,
+//! mTLS with secure naming, L4 forwarding, per-connection authorization, admin, health,
+//! metrics and drain.
 //!
-//! Not yet built: listeners, original destination, protocol detection, mTLS, L4 forwarding,
-//! L7 HTTP/1.1 and HTTP/2, gateways, connection pools, admin, health, metrics and drain arrive
-//! with the sidecar data plane issue. This crate deliberately exports nothing until then.
+//! - [`config`]: the sidecar configuration (YAML + Istio's environment variables);
+//! - [`orig_dst`]: `SO_ORIGINAL_DST` behind a trait;
+//! - [`registry`]: what outbound knows about destinations (a thin trait);
+//! - [`detect`], [`l4`], [`inbound`], [`outbound`]: the traffic path;
+//! - [`admin`], [`metrics`], [`drain`], [`sources`]: operations;
+//! - [`server`]: wires it all and runs until drained.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod detect;
+pub mod drain;
+pub mod http;
+pub mod inbound;
+pub mod l4;
+pub mod logging;
+pub mod metrics;
+pub mod orig_dst;
+pub mod outbound;
+pub mod registry;
+pub mod server;
+pub mod sources;
+pub mod state;
+
+pub use config::SidecarConfig;
+pub use server::{Listeners, run};
+pub use state::Shared;

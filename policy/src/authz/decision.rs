@@ -72,7 +72,7 @@ impl fmt::Display for RuleMatch<'_> {
 #[derive(Debug, Clone, Copy)]
 pub struct Explanation<'p>(RuleMatch<'p>);
 
-fn list(f: &mut fmt::Formatter<'_>, values: &[Box<str>]) -> fmt::Result {
+fn list(f: &mut fmt::Formatter<'_>, values: &[std::borrow::Cow<'_, str>]) -> fmt::Result {
     f.write_str("[")?;
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
@@ -96,22 +96,23 @@ impl fmt::Display for Explanation<'_> {
             }
         };
         for c in m.clauses() {
-            match c.pos_raw.len() {
+            let (pos, neg) = c.test.raw();
+            match pos.len() {
                 0 => {}
                 1 => {
                     sep(f)?;
-                    write!(f, "{} matched {:?}", c.label, c.pos_raw[0])?;
+                    write!(f, "{} matched {:?}", c.label, pos[0])?;
                 }
                 _ => {
                     sep(f)?;
                     write!(f, "{} matched one of ", c.label)?;
-                    list(f, &c.pos_raw)?;
+                    list(f, &pos)?;
                 }
             }
-            if !c.neg_raw.is_empty() {
+            if !neg.is_empty() {
                 sep(f)?;
                 write!(f, "{} not in {} ", c.label, c.fields.1)?;
-                list(f, &c.neg_raw)?;
+                list(f, &neg)?;
             }
         }
         if first {

@@ -1,10 +1,15 @@
 //! Compiled clauses: one attribute with its positive and negative matchers, evaluated against a
 //! [`Request`]. Evaluation never allocates.
 
+use std::borrow::Cow;
+use std::fmt;
+
 use http::HeaderName;
 use ipnet::IpNet;
 
-use crate::matcher::{Glob, HeaderMatch, IssSubMatch, PathMatch, ServiceAccountMatch, StrMatch};
+use crate::matcher::{
+    Glob, HeaderMatch, IssSubMatch, PathMatch, Raw, ServiceAccountMatch, StrMatch,
+};
 use crate::request::{PeerUri, Request};
 
 /// The values of one field (`principals`) and its negation (`notPrincipals`).
@@ -29,6 +34,16 @@ impl<M> Vals<M> {
     #[inline]
     fn check(&self, f: impl Fn(&M) -> bool) -> bool {
         (self.pos.is_empty() || self.pos.iter().any(&f)) && !self.neg.iter().any(&f)
+    }
+
+    fn raw(&self) -> (Vec<Cow<'_, str>>, Vec<Cow<'_, str>>)
+    where
+        M: Raw,
+    {
+        (
+            self.pos.iter().map(Raw::raw).collect(),
+            self.neg.iter().map(Raw::raw).collect(),
+        )
     }
 
     fn hit(&self, f: impl Fn(&M) -> bool) -> Hit {
@@ -81,9 +96,10 @@ pub(crate) enum Test {
 /// Istio's principal match: `spiffe://` + the value, except `*` (any non-empty identity).
 #[inline]
 fn principal_matches(m: &StrMatch, p: PeerUri<'_>) -> bool {
-    match m {
-        StrMatch::Any => !p.0.is_empty(),
-        _ => p.is_spiffe() && m.matches(p.without_scheme()),
+    if m.is_any() {
+        !p.0.is_empty()
+    } else {
+        p.is_spiffe() && m.matches(p.without_scheme())
     }
 }
 
@@ -210,6 +226,42 @@ impl Test {
         dispatch!(self, req, hit)
     }
 
+    /// The positive and negative values as written.
+    pub(crate) fn raw(&self) -> (Vec<Cow<'_, str>>, Vec<Cow<'_, str>>) {
+        match self {
+            Test::SourceIp(v) | Test::RemoteIp(v) | Test::DestIp(v) => v.raw(),
+            Test::DestPort(v) => v.raw(),
+            Test::Sni(v)
+            | Test::Principal(v)
+            | Test::Audience(v)
+            | Test::Presenter(v)
+            | Test::Claim(_, v)
+            | Test::Host(v) => v.raw(),
+            Test::Namespace(v) => v.raw(),
+            Test::ServiceAccount(v) => v.raw(),
+            Test::RequestPrincipal(v) => v.raw(),
+            Test::Header(_, v) | Test::Method(v) => v.raw(),
+            Test::Path(v) => v.raw(),
+        }
+    }
+
+    /// A rough cost rank: connection facts, then request line, identities, globs, lookups.
+    fn cost(&self) -> u8 {
+        match self {
+            Test::DestPort(_) | Test::SourceIp(_) | Test::RemoteIp(_) | Test::DestIp(_) => 0,
+            Test::Method(_) | Test::Host(_) | Test::Path(_) | Test::Sni(_) => 1,
+            Test::Principal(_) | Test::ServiceAccount(_) | Test::RequestPrincipal(_) => 2,
+            Test::Namespace(_) | Test::Audience(_) | Test::Presenter(_) => 3,
+            Test::Header(..) | Test::Claim(..) => 4,
+        }
+    }
+
+    /// The number of positive and negative values.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let (p, n) = self.raw();
+        (p.len(), n.len())
+    }
+
     /// The request's value for this attribute, for explanations.
     pub(crate) fn actual(&self, req: &Request<'_>) -> String {
         let conn = &req.connection;
@@ -291,28 +343,46 @@ impl Test {
 #[derive(Debug, Clone)]
 pub(crate) struct Clause {
     /// What is checked, e.g. `source principal`, `header x-token`.
-    pub(crate) label: Box<str>,
+    pub(crate) label: Cow<'static, str>,
     /// The YAML field names of the positive and negative lists (`paths`, `notPaths`).
-    pub(crate) fields: (Box<str>, Box<str>),
-    /// The positive values as written (those that compiled).
-    pub(crate) pos_raw: Box<[Box<str>]>,
-    /// The negative values as written.
-    pub(crate) neg_raw: Box<[Box<str>]>,
+    pub(crate) fields: (&'static str, &'static str),
     pub(crate) test: Test,
+}
+
+/// Which part of a rule a [`Conj`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// `from[i]`.
+    From(usize),
+    /// `to[i]`.
+    To(usize),
+    /// `when`.
+    When,
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Part::From(i) => write!(f, "from[{i}]"),
+            Part::To(i) => write!(f, "to[{i}]"),
+            Part::When => f.write_str("when"),
+        }
+    }
 }
 
 /// Clauses that must all match: one `from`/`to` entry, or the `when` list.
 #[derive(Debug, Clone)]
 pub(crate) struct Conj {
-    /// `from[0]`, `to[1]` or `when`.
-    pub(crate) field: Box<str>,
+    pub(crate) part: Part,
     pub(crate) clauses: Box<[Clause]>,
 }
 
 impl Conj {
-    pub(crate) fn new(field: String, clauses: Vec<Clause>) -> Conj {
+    /// The clauses are reordered cheapest first (all must match, so the order is free).
+    pub(crate) fn new(part: Part, mut clauses: Vec<Clause>) -> Conj {
+        clauses.sort_by_key(|c| c.test.cost());
         Conj {
-            field: field.into(),
+            part,
             clauses: clauses.into(),
         }
     }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::compile::{CompiledPolicy, CompiledRule, Protocol};
-use super::test::{Clause, Conj};
+use super::test::{Clause, Conj, Part};
 use crate::error::ResourceId;
 use crate::request::Request;
 use crate::resource::Action;
@@ -69,21 +69,21 @@ impl PolicyTrace {
     }
 }
 
-fn quoted_list(values: &[Box<str>]) -> String {
+fn quoted_list(values: &[std::borrow::Cow<'_, str>]) -> String {
     let items: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
     format!("[{}]", items.join(", "))
 }
 
 fn clause_name(conj: &Conj, c: &Clause) -> String {
-    if &*conj.field == "when" {
+    if conj.part == Part::When {
         format!("when {}", c.label)
     } else {
-        let field = if c.pos_raw.is_empty() {
-            &c.fields.1
+        let field = if c.test.counts().0 == 0 {
+            c.fields.1
         } else {
-            &c.fields.0
+            c.fields.0
         };
-        format!("{}.{}", conj.field, field)
+        format!("{}.{}", conj.part, field)
     }
 }
 
@@ -92,32 +92,30 @@ fn conj(conj: &Conj, req: &Request<'_>) -> Result<Vec<String>, String> {
     let mut why = Vec::new();
     for c in conj.clauses.iter() {
         let hit = c.test.hit(req);
+        let (pos_raw, neg_raw) = c.test.raw();
         let name = clause_name(conj, c);
         let actual = c.test.actual(req);
         if hit.matched {
             let mut line = format!("{name}: {actual}");
             if let Some(i) = hit.pos {
-                line.push_str(&format!(" matched {:?}", c.pos_raw[i]));
+                line.push_str(&format!(" matched {:?}", pos_raw[i]));
             }
-            if !c.neg_raw.is_empty() {
+            if !neg_raw.is_empty() {
                 line.push_str(&format!(
                     "{} not in {} {}",
                     if hit.pos.is_some() { "," } else { "" },
                     c.fields.1,
-                    quoted_list(&c.neg_raw)
+                    quoted_list(&neg_raw)
                 ));
             }
             why.push(line);
         } else if let Some(i) = hit.neg {
             return Err(format!(
                 "{name}: {actual} matched {} {:?}",
-                c.fields.1, c.neg_raw[i]
+                c.fields.1, neg_raw[i]
             ));
         } else {
-            return Err(format!(
-                "{name}: {actual} not in {}",
-                quoted_list(&c.pos_raw)
-            ));
+            return Err(format!("{name}: {actual} not in {}", quoted_list(&pos_raw)));
         }
     }
     Ok(why)

@@ -131,7 +131,7 @@ pub enum Interpreted {
 
 /// Reads a document as a security resource (schema, then Istio's validation), or passes it on.
 pub fn interpret(doc: Document) -> Interpreted {
-    let Some(kind) = ResourceKind::parse(&doc.kind) else {
+    let Some(kind) = ResourceKind::parse(&doc.kind).filter(|k| k.is_security()) else {
         return Interpreted::Other(doc);
     };
     if doc.group() != SECURITY_GROUP {
@@ -196,9 +196,11 @@ pub fn interpret(doc: Document) -> Interpreted {
         ));
     }
 
-    let spec_value = match doc.spec() {
-        None => serde_yaml::Value::Null,
-        Some(v) => v.clone(),
+    let mut doc = doc;
+    // The spec is read once, by value: take it out of the document instead of copying it.
+    let spec_value = match &mut doc.raw {
+        serde_yaml::Value::Mapping(m) => m.remove("spec").unwrap_or(serde_yaml::Value::Null),
+        _ => serde_yaml::Value::Null,
     };
     let Document {
         source,
@@ -238,6 +240,8 @@ pub fn interpret(doc: Document) -> Interpreted {
                 })
             })
         }
+        // `kind` is a security kind (checked above).
+        _ => None,
     };
     if let Some(resource) = &resource {
         let report = validate::validate(resource);

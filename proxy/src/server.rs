@@ -1,0 +1,178 @@
+//! Running a sidecar: bind the listeners, start the config and certificate watchers, accept
+//! until drained, then let in-flight connections finish up to the drain deadline.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::admin::{self, Endpoint};
+use crate::config::{CertSource, ConfigSource};
+use crate::state::Shared;
+use crate::{inbound, outbound, sources};
+
+/// The bound listeners of a sidecar.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Outbound capture.
+    pub outbound: TcpListener,
+    /// Inbound capture.
+    pub inbound: TcpListener,
+    /// Admin (localhost).
+    pub admin: TcpListener,
+    /// Metrics.
+    pub stats: TcpListener,
+    /// Health.
+    pub health: TcpListener,
+}
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({name}): {source}")]
+pub struct BindError {
+    /// Which listener.
+    pub name: &'static str,
+    /// The address.
+    pub addr: SocketAddr,
+    /// Why.
+    pub source: io::Error,
+}
+
+impl Listeners {
+    /// Binds every port of `shared.config`.
+    pub async fn bind(shared: &Shared) -> Result<Self, BindError> {
+        let c = &shared.config;
+        let at = |name: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { name, addr, source })
+        };
+        Ok(Self {
+            outbound: at("outbound", SocketAddr::new(c.bind, c.ports.outbound)).await?,
+            inbound: at("inbound", SocketAddr::new(c.bind, c.ports.inbound)).await?,
+            admin: at("admin", c.admin_addr()).await?,
+            stats: at("stats", SocketAddr::new(c.bind, c.ports.stats)).await?,
+            health: at("health", SocketAddr::new(c.bind, c.ports.health)).await?,
+        })
+    }
+}
+
+/// The sidecar cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A source this build cannot use yet.
+    #[error(
+        "{0} is not supported yet in this build (use a static certificate directory and a local config directory)"
+    )]
+    Unsupported(&'static str),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainOutcome {
+    /// Connections still open at the deadline (closed by the exit).
+    pub abandoned: usize,
+}
+
+/// Runs the sidecar until it is drained (`shared.drain.start()`: SIGTERM, `/quitquitquit`),
+/// then waits for in-flight connections up to the drain deadline and closes the rest.
+pub async fn run(shared: Arc<Shared>, listeners: Listeners) -> Result<DrainOutcome, StartError> {
+    let mut background = JoinSet::new();
+    match &shared.config.certs {
+        CertSource::StaticDir(dir) => {
+            background.spawn(sources::watch_static_certs(shared.clone(), dir.clone()));
+        }
+        CertSource::Ca { .. } => {
+            return Err(StartError::Unsupported("the CA certificate source (agent)"));
+        }
+    }
+    match &shared.config.config {
+        ConfigSource::Directory(dir) => {
+            background.spawn(sources::watch_config_dir(shared.clone(), dir.clone()));
+        }
+        ConfigSource::ControlPlane(_) => {
+            return Err(StartError::Unsupported("the control-plane config source"));
+        }
+    }
+    background.spawn(admin::serve(
+        listeners.admin,
+        shared.clone(),
+        Endpoint::Admin,
+    ));
+    background.spawn(admin::serve(
+        listeners.stats,
+        shared.clone(),
+        Endpoint::Stats,
+    ));
+    background.spawn(admin::serve(
+        listeners.health,
+        shared.clone(),
+        Endpoint::Health,
+    ));
+
+    let out = accept_loop(listeners.outbound, shared.clone(), outbound::handle);
+    let inb = accept_loop(listeners.inbound, shared.clone(), inbound::handle);
+    let (mut out_conns, mut in_conns) = tokio::join!(out, inb);
+    tracing::info!(
+        active = shared.drain.active(),
+        deadline_ms = shared.config.drain_deadline.as_millis() as u64,
+        "draining: listeners closed, waiting for in-flight connections"
+    );
+    let finished = shared.drain.wait_idle(shared.config.drain_deadline).await;
+    let abandoned = shared.drain.active();
+    if finished {
+        tracing::info!("drained: every connection finished");
+    } else {
+        tracing::warn!(
+            abandoned,
+            "drain deadline passed: closing the remaining connections"
+        );
+    }
+    out_conns.abort_all();
+    in_conns.abort_all();
+    background.abort_all();
+    Ok(DrainOutcome { abandoned })
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, shared: Arc<Shared>, handler: F) -> JoinSet<()>
+where
+    F: Fn(Arc<Shared>, TcpStream, SocketAddr, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut conns = JoinSet::new();
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "listener has no local address");
+            return conns;
+        }
+    };
+    let drain = shared.drain.clone();
+    loop {
+        tokio::select! {
+            _ = drain.signaled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let guard = drain.track();
+                    let fut = handler(shared.clone(), stream, peer, local);
+                    conns.spawn(async move {
+                        fut.await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, %local, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    conns
+}
