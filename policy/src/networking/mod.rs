@@ -13,7 +13,7 @@ mod types;
 
 pub use types::*;
 
-use serde::de::DeserializeOwned;
+use crate::resource::spec_of;
 
 use crate::document::Document;
 use crate::error::{
@@ -195,29 +195,6 @@ fn named<T>(doc: &Document, spec: T) -> Named<T> {
         source: doc.source.clone(),
         metadata: doc.metadata.clone(),
         spec,
-    }
-}
-
-fn spec_of<T: DeserializeOwned + Default>(
-    value: serde_yaml::Value,
-    errors: &mut Vec<ConfigError>,
-    err: &dyn Fn(&str, Problem) -> ConfigError,
-) -> Option<T> {
-    if value.is_null() {
-        return Some(T::default());
-    }
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(spec) => Some(spec),
-        Err(e) => {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                "spec".to_owned()
-            } else {
-                format!("spec.{path}")
-            };
-            errors.push(err(&field, Problem::Schema(e.into_inner().to_string())));
-            None
-        }
     }
 }
 

@@ -255,7 +255,9 @@ pub fn interpret(doc: Document) -> Interpreted {
     Interpreted::Security { result, warnings }
 }
 
-fn spec_of<T: serde::de::DeserializeOwned + Default>(
+/// Deserializes a resource `spec` (null means the default), recording a schema error with the
+/// field path. Shared by the security and networking kinds.
+pub(crate) fn spec_of<T: serde::de::DeserializeOwned + Default>(
     value: serde_yaml::Value,
     errors: &mut Vec<ConfigError>,
     err: &dyn Fn(&str, Problem) -> ConfigError,
