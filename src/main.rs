@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod certs;
 mod check;
 mod control;
+mod iptables;
 mod proxy_status;
 mod sidecar;
 
@@ -43,6 +44,8 @@ enum Command {
     Control(Box<control::ControlArgs>),
     /// Run the sidecar proxy for one workload (mTLS, policy, metrics, drain).
     Sidecar(sidecar::SidecarArgs),
+    /// Install istio-iptables-compatible traffic capture rules (the pod's init step).
+    Iptables(Box<iptables::IptablesArgs>),
 }
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Command::Check(args) => std::process::exit(check::run(*args)),
         Command::ProxyStatus(args) => proxy_status::run(args),
         Command::Control(args) => control::run(*args),
+        Command::Iptables(args) => iptables::run(*args),
         Command::Sidecar(args) => sidecar::run(
             args,
             cli.log.as_deref(),
