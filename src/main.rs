@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod certs;
 mod check;
 mod control;
+mod inject;
 mod iptables;
 mod proxy_status;
 mod sidecar;
@@ -46,6 +47,10 @@ enum Command {
     Sidecar(sidecar::SidecarArgs),
     /// Install istio-iptables-compatible traffic capture rules (the pod's init step).
     Iptables(Box<iptables::IptablesArgs>),
+    /// Add the Warden init and sidecar containers to Kubernetes workloads (like istioctl kube-inject).
+    Inject(inject::InjectArgs),
+    /// Wait until the local sidecar is ready (the postStart hook of injected pods).
+    Wait(inject::WaitArgs),
 }
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
@@ -75,6 +80,8 @@ fn main() -> anyhow::Result<()> {
         Command::ProxyStatus(args) => proxy_status::run(args),
         Command::Control(args) => control::run(*args),
         Command::Iptables(args) => iptables::run(*args),
+        Command::Inject(args) => inject::run(args),
+        Command::Wait(args) => inject::wait(args),
         Command::Sidecar(args) => sidecar::run(
             args,
             cli.log.as_deref(),
