@@ -381,3 +381,61 @@ fn wait_holds_until_the_sidecar_is_ready() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("was not ready within 1s"));
 }
+
+/// deploy/control.yaml parses, its control plane opts out of injection, and every flag it passes
+/// to `warden control` exists.
+#[test]
+fn deploy_manifests_parse_and_the_control_plane_is_not_injected() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/control.yaml");
+    let out = warden(&["inject", "-f", path], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 injected, 0 already injected, 1 skipped")
+    );
+    let all = docs(&std::fs::read_to_string(path).unwrap());
+    let kinds: Vec<&str> = all.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for k in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+    ] {
+        assert!(kinds.contains(&k), "no {k} in deploy/control.yaml");
+    }
+    let deploy = all.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let c = get(deploy, "spec.template.spec.containers.0");
+    let args = strs(&c["args"]);
+    assert_eq!(args[0], "control");
+    let help = warden(&["control", "--help"], None);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for a in &args[1..] {
+        let flag = a.split('=').next().unwrap();
+        assert!(help.contains(flag), "warden control has no {flag}");
+    }
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert!(
+        mounts.contains(&"/var/lib/warden/control"),
+        "the CA state is on a volume"
+    );
+    let service = all.iter().find(|d| d["kind"] == "Service").unwrap();
+    let ports: Vec<u64> = service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [15012, 15014]);
+}
