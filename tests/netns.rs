@@ -912,3 +912,61 @@ fn without_net_admin_the_error_says_how_to_fix_it() {
     assert!(err.contains("NET_ADMIN"), "{err}");
     assert!(err.contains("permission denied"), "{err}");
 }
+
+/// TPROXY (mangle table, policy routing) and IPv6 rules are applied, re-applied without
+/// duplicates, and removed completely, routing rule included.
+#[test]
+fn tproxy_and_ipv6_rules_apply_and_clean_up() {
+    if !preconditions(&["ip", "iptables-save", "ip6tables-save", "iptables-restore"]) {
+        return;
+    }
+    let ns = Netns::new("tproxy");
+    let n = ns.name.as_str();
+    let save = |tool: &str, table: &str| must_in_ns(n, &[tool, "-t", table]);
+    let fwmark_rules = |flag: &str| {
+        must_in_ns(n, &["ip", flag, "rule", "show"])
+            .lines()
+            .filter(|l| l.contains("fwmark 0x539 lookup 133"))
+            .count()
+    };
+    for _ in 0..2 {
+        must_in_ns(n, &[BIN, "iptables", "-m", "TPROXY", "--ipv6"]);
+        let mangle = save("iptables-save", "mangle");
+        assert!(mangle.contains(":ISTIO_TPROXY"), "{mangle}");
+        assert!(mangle.contains("--on-port 15006"), "{mangle}");
+        // The five built-in chain rules that do not jump to Warden's chains carry its comment.
+        assert_eq!(mangle.matches("--comment warden").count(), 5, "{mangle}");
+        assert_eq!(mangle.matches("-j ISTIO_INBOUND").count(), 1, "{mangle}");
+        let mangle6 = save("ip6tables-save", "mangle");
+        assert!(
+            mangle6.contains("-s ::6/128 -i lo -p tcp -j RETURN"),
+            "{mangle6}"
+        );
+        let nat6 = save("ip6tables-save", "nat");
+        assert!(nat6.contains("-s ::6/128 -o lo -j RETURN"), "{nat6}");
+        assert!(!save("iptables-save", "nat").contains("-A PREROUTING"));
+        assert_eq!(fwmark_rules("-4"), 1);
+        assert_eq!(fwmark_rules("-6"), 1);
+        let routes = must_in_ns(n, &["ip", "route", "show", "table", "133"]);
+        assert!(routes.contains("local default dev lo"), "{routes}");
+    }
+    must_in_ns(n, &[BIN, "iptables", "--cleanup", "--ipv6"]);
+    for (tool, table) in [
+        ("iptables-save", "mangle"),
+        ("iptables-save", "nat"),
+        ("ip6tables-save", "mangle"),
+        ("ip6tables-save", "nat"),
+    ] {
+        let s = save(tool, table);
+        assert!(
+            !s.contains("ISTIO") && !s.contains("warden"),
+            "{tool} {table}: {s}"
+        );
+    }
+    assert_eq!(fwmark_rules("-4"), 0);
+    assert_eq!(fwmark_rules("-6"), 0);
+    assert_eq!(
+        must_in_ns(n, &["ip", "route", "show", "table", "133"]).trim(),
+        ""
+    );
+}
