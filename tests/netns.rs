@@ -576,6 +576,7 @@ fn tls_record_types(mut b: &[u8]) -> Vec<u8> {
 
 const CLIENT_IP: &str = "198.18.0.1";
 const SERVER_IP: &str = "198.18.0.2";
+const INTRUDER_IP: &str = "198.18.0.3";
 
 #[test]
 fn pods_speak_mtls_on_the_wire_policy_applies_and_excluded_ports_bypass() {
@@ -602,18 +603,14 @@ fn pods_speak_mtls_on_the_wire_policy_applies_and_excluded_ports_bypass() {
         "--key",
         "ec-p256",
     ]);
-    let client_cfg = pod_files(
-        d,
-        &ca,
-        "client",
-        "client",
-        &format!(
-            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: server, namespace: demo}}\n\
-             spec:\n  hosts: [server.demo.svc.cluster.local]\n  addresses: [{SERVER_IP}]\n  location: MESH_INTERNAL\n\
-             \x20 ports: [{{number: 8080, name: tcp-echo}}, {{number: 8081, name: tcp-admin}}]\n\
-             \x20 endpoints: [{{address: {SERVER_IP}, serviceAccount: server}}]\n"
-        ),
+    let service_entry = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: server, namespace: demo}}\n\
+         spec:\n  hosts: [server.demo.svc.cluster.local]\n  addresses: [{SERVER_IP}]\n  location: MESH_INTERNAL\n\
+         \x20 ports: [{{number: 8080, name: tcp-echo}}, {{number: 8081, name: tcp-admin}}]\n\
+         \x20 endpoints: [{{address: {SERVER_IP}, serviceAccount: server}}]\n"
     );
+    let client_cfg = pod_files(d, &ca, "client", "client", &service_entry);
+    let intruder_cfg = pod_files(d, &ca, "intruder", "intruder", &service_entry);
     let server_cfg = pod_files(
         d,
         &ca,
@@ -626,12 +623,17 @@ fn pods_speak_mtls_on_the_wire_policy_applies_and_excluded_ports_bypass() {
          \x20   to:\n    - operation: {ports: [\"8080\"]}\n",
     );
 
-    let mut lab = Lab::new(&[CLIENT_IP, SERVER_IP]);
-    let (client, server) = (lab.pod(0).to_owned(), lab.pod(1).to_owned());
+    let mut lab = Lab::new(&[CLIENT_IP, SERVER_IP, INTRUDER_IP]);
+    let (client, server, intruder) = (
+        lab.pod(0).to_owned(),
+        lab.pod(1).to_owned(),
+        lab.pod(2).to_owned(),
+    );
     // The init step, inside each pod: the client leaves port 9090 alone outbound (-o), the
     // server leaves it alone inbound (-d).
     must_in_ns(&client, &[BIN, "iptables", "-o", "9090"]);
     must_in_ns(&server, &[BIN, "iptables", "-d", "15090,15021,15020,9090"]);
+    must_in_ns(&intruder, &[BIN, "iptables"]);
     assert!(nat_rules(&client).contains("-A ISTIO_OUTPUT -p tcp -m tcp --dport 9090 -j RETURN"));
     assert!(nat_rules(&server).contains("-A ISTIO_INBOUND -p tcp -m tcp --dport 9090 -j RETURN"));
 
@@ -643,6 +645,7 @@ fn pods_speak_mtls_on_the_wire_policy_applies_and_excluded_ports_bypass() {
     lab.procs.push(app);
     start_sidecar(&mut lab, 0, &client_cfg);
     start_sidecar(&mut lab, 1, &server_cfg);
+    start_sidecar(&mut lab, 2, &intruder_cfg);
 
     let pcap = d.join("wire.pcap");
     let bridge = lab.bridge.name.clone();
@@ -681,7 +684,10 @@ fn pods_speak_mtls_on_the_wire_policy_applies_and_excluded_ports_bypass() {
     // 2. Captured and denied by AuthorizationPolicy (port 8081 is not allowed).
     let reply = app_call(&client, SERVER_IP, 8081, &format!("{secret}-8081"));
     assert_eq!(reply, "", "port 8081 must be denied");
-    // 3. Excluded port: straight to the app, plaintext.
+    // 3. Captured, mTLS with a valid mesh identity, but not the allowed principal: denied.
+    let reply = app_call(&intruder, SERVER_IP, 8080, &format!("{secret}-intruder"));
+    assert_eq!(reply, "", "the intruder's service account is not allowed");
+    // 4. Excluded port: straight to the app, plaintext.
     let reply = app_call(&client, SERVER_IP, 9090, &format!("{secret}-9090"));
     assert_eq!(reply, format!("echo:{secret}-9090\n"));
 
@@ -699,6 +705,18 @@ fn pods_speak_mtls_on_the_wire_policy_applies_and_excluded_ports_bypass() {
         "{app_log}"
     );
     assert!(!app_log.contains("conn 8081"), "{app_log}");
+    assert_eq!(app_log.matches("conn 8080").count(), 1, "{app_log}");
+    // The server's proxy says why: the intruder's identity was seen (mTLS) and refused by policy.
+    let server_log = lab.procs[2].output();
+    let denied = |who: &str, dst: &str| {
+        server_log.lines().any(|l| {
+            l.contains("denied by authorization policy")
+                && l.contains(&format!("spiffe://cluster.local/ns/demo/sa/{who}"))
+                && l.contains(dst)
+        })
+    };
+    assert!(denied("intruder", "198.18.0.2:8080"), "{server_log}");
+    assert!(denied("client", "198.18.0.2:8081"), "{server_log}");
 
     // On the wire: 8080 and 8081 carry TLS records only, never the app's bytes.
     for port in [8080, 8081] {
@@ -794,7 +812,7 @@ fn pods_speak_mtls_on_the_wire_policy_applies_and_excluded_ports_bypass() {
     );
 
     // Cleanup: the rules go with --cleanup, the namespaces (and veths) with the lab.
-    for ns in [&client, &server] {
+    for ns in [&client, &server, &intruder] {
         must_in_ns(ns, &[BIN, "iptables", "--cleanup"]);
         assert!(!nat_rules(ns).contains("ISTIO"), "{}", nat_rules(ns));
     }
