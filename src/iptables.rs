@@ -130,9 +130,7 @@ pub fn run(args: IptablesArgs) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        let report = ipt
-            .cleanup(&config, args.ipv6)
-            .context("removing capture rules")?;
+        let report = ipt.cleanup(&config).context("removing capture rules")?;
         eprintln!(
             "warden iptables: removed capture rules ({} backend, {} transaction(s))",
             report.backend,

@@ -314,13 +314,14 @@ impl Iptables {
     }
 
     /// Removes Warden's (and istio-iptables') chains and the built-in rules leading to them, in
-    /// one transaction per family, and the TPROXY routing rule of `config`. Other rules stay.
-    pub fn cleanup(&self, config: &CaptureConfig, ipv6: bool) -> Result<Report, ApplyError> {
+    /// one transaction per family (IPv6 too when `config.ipv6`), and the TPROXY routing rule
+    /// of `config` (its mark and table). Other rules stay.
+    pub fn cleanup(&self, config: &CaptureConfig) -> Result<Report, ApplyError> {
         let mut report = Report {
             backend: self.backend,
             transactions: Vec::new(),
         };
-        let families: &[Family] = if ipv6 {
+        let families: &[Family] = if config.ipv6 {
             &[Family::V4, Family::V6]
         } else {
             &[Family::V4]
