@@ -36,7 +36,7 @@ enum Command {
     Certs(certs::CertsCommand),
     /// Explain what Istio security policy decides for a workload and a request.
     Check(Box<check::CheckArgs>),
-    /// Show the proxies connected to a control plane: identity, config version, ACK/NACK, certificate expiry.
+    /// Same as `warden control status`: the proxies connected to a control plane.
     ProxyStatus(proxy_status::ProxyStatusArgs),
     /// Run the control plane (mesh CA on port 15012), or administer it: tokens, revocation,
     /// root rotation.

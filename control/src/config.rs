@@ -11,6 +11,8 @@ use warden_identity::{KeyAlgorithm, SpiffeId, TrustDomain};
 
 /// Istio's CA and config port.
 pub const DEFAULT_PORT: u16 = 15012;
+/// Istio's control plane monitoring port, where `warden control` serves the proxies' status.
+pub const DEFAULT_DEBUG_PORT: u16 = 15014;
 /// The default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/warden/control";
 /// The audience a service-account token must carry by default.
@@ -77,6 +79,9 @@ pub struct ControlConfig {
     pub drain_timeout: Duration,
     /// How long a client gets to complete the TLS handshake (10 s).
     pub handshake_timeout: Duration,
+    /// Where to serve the connected proxies' status (`GET /debug/proxies`, unauthenticated: keep
+    /// it on loopback) when config is pushed. `127.0.0.1:15014` by default; `None` turns it off.
+    pub debug_listen: Option<SocketAddr>,
 }
 
 impl ControlConfig {
@@ -100,6 +105,10 @@ impl ControlConfig {
             reload_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            debug_listen: Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                DEFAULT_DEBUG_PORT,
+            )),
         }
     }
 
