@@ -107,11 +107,13 @@ struct RunArgs {
     /// Longest workload certificate lifetime a request may ask for.
     #[arg(long, env = "MAX_WORKLOAD_CERT_TTL", default_value = "90d", value_parser = parse_duration)]
     max_ttl: Duration,
-    /// JWKS file of a service-account token issuer (e.g. a cluster's
-    /// `kubectl get --raw /openid/v1/jwks`). Repeatable. The state directory's own token key
-    /// is always trusted. Re-read when it changes.
-    #[arg(long = "token-jwks", value_name = "FILE")]
-    token_jwks: Vec<PathBuf>,
+    /// A service-account token issuer and the JWKS file of its keys, `ISSUER=FILE` (e.g.
+    /// `https://kubernetes.default.svc.cluster.local=jwks.json` from a cluster's
+    /// `kubectl get --raw /openid/v1/jwks`). Repeatable. A token claiming ISSUER is verified
+    /// with FILE's keys only; tokens of other issuers with the state directory's own token key
+    /// only. Re-read when it changes.
+    #[arg(long = "token-jwks", value_name = "ISSUER=FILE")]
+    token_jwks: Vec<warden_control::TokenIssuer>,
     /// Audience a service-account token must carry.
     #[arg(long, default_value = DEFAULT_TOKEN_AUDIENCE)]
     token_audience: String,

@@ -45,6 +45,51 @@ pub enum CaSource {
     },
 }
 
+/// A service-account token issuer (`iss`) pinned to the JWKS file of its keys: `ISSUER=FILE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenIssuer {
+    /// The `iss` claim of its tokens, e.g. `https://kubernetes.default.svc.cluster.local`.
+    pub issuer: String,
+    /// The JWKS file with its keys (re-read when it changes).
+    pub jwks: PathBuf,
+}
+
+/// Why an `ISSUER=FILE` pair is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("token issuer {given:?}: {reason}")]
+pub struct TokenIssuerError {
+    /// What was given.
+    pub given: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl std::str::FromStr for TokenIssuer {
+    type Err = TokenIssuerError;
+
+    /// Parses `ISSUER=FILE` (split at the first `=`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| TokenIssuerError {
+            given: s.to_owned(),
+            reason,
+        };
+        let (issuer, file) = s.split_once('=').ok_or_else(|| {
+            err("expected ISSUER=FILE: each JWKS file is pinned to the issuer (`iss`) whose tokens its keys verify")
+        })?;
+        let issuer = issuer.trim();
+        if issuer.is_empty() {
+            return Err(err("the issuer before `=` is empty"));
+        }
+        if file.is_empty() {
+            return Err(err("the JWKS file after `=` is empty"));
+        }
+        Ok(TokenIssuer {
+            issuer: issuer.to_owned(),
+            jwks: PathBuf::from(file),
+        })
+    }
+}
+
 /// The configuration of a control plane. [`ControlConfig::new`] gives Istio's defaults.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
@@ -60,9 +105,10 @@ pub struct ControlConfig {
     pub default_ttl: Duration,
     /// Longest workload certificate lifetime a request may ask for (90 days).
     pub max_ttl: Duration,
-    /// JWKS files of service-account token issuers (e.g. a cluster's API server keys). The
-    /// control plane's own token-signing key is always trusted too.
-    pub token_jwks: Vec<PathBuf>,
+    /// Service-account token issuers, each with the JWKS file of its keys (e.g. a cluster's API
+    /// server keys): a token claiming one of these issuers is verified with that file's keys
+    /// only. The control plane's own token-signing key verifies tokens of every other issuer.
+    pub token_jwks: Vec<TokenIssuer>,
     /// The audience a token must carry (`istio-ca`).
     pub token_audience: String,
     /// When set, a request's `clusterid` metadata, if any, must equal it.

@@ -126,7 +126,7 @@ impl ControlPlane {
         let jwks_stamps = config
             .token_jwks
             .iter()
-            .map(|p| (p.clone(), file_stamp(p)))
+            .map(|i| (i.jwks.clone(), file_stamp(&i.jwks)))
             .collect();
         let keys = token_keys(&token_key, &paths.token_key, &config.token_jwks)?;
         let options = CaOptions {
