@@ -7,6 +7,7 @@ mod certs;
 mod check;
 mod control;
 mod proxy_status;
+mod quickstart;
 mod sidecar;
 
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
@@ -43,6 +44,9 @@ enum Command {
     Control(Box<control::ControlArgs>),
     /// Run the sidecar proxy for one workload (mTLS, policy, metrics, drain).
     Sidecar(sidecar::SidecarArgs),
+    /// Start a demo mesh on loopback (control plane, two sidecars, two apps), show an allowed and
+    /// a denied request through mTLS, and keep it running until Ctrl-C.
+    Quickstart(quickstart::QuickstartArgs),
 }
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
@@ -63,7 +67,7 @@ fn init_logging(filter: Option<&str>, format: LogFormat) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The sidecar installs its own subscriber (its log level changes at runtime).
-    if !matches!(cli.command, Command::Sidecar(_)) {
+    if !matches!(cli.command, Command::Sidecar(_) | Command::Quickstart(_)) {
         init_logging(cli.log.as_deref(), cli.log_format);
     }
     match cli.command {
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Check(args) => std::process::exit(check::run(*args)),
         Command::ProxyStatus(args) => proxy_status::run(args),
         Command::Control(args) => control::run(*args),
+        Command::Quickstart(args) => quickstart::run(args, cli.log.as_deref()),
         Command::Sidecar(args) => sidecar::run(
             args,
             cli.log.as_deref(),
