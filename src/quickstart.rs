@@ -281,20 +281,30 @@ async fn mesh(
         let (status, body) = http_get(frontend.app, &format!("/call{path}"))
             .await
             .with_context(|| format!("calling the frontend app at {}", frontend.app))?;
-        let event = access_event(&mut access, path).await;
+        let seen = access_events(&mut access, path).await;
         println!();
         println!(
             "{}. frontend -> backend: GET {path}   (curl http://{}/call{path})",
             i + 1,
             frontend.app
         );
-        println!(
-            "   frontend's sidecar {} opened mTLS to backend's sidecar {}, checking it is {}",
-            frontend.outbound(),
-            backend.inbound(),
-            backend.identity
-        );
-        match &event {
+        match &seen.outbound {
+            Some(e) => println!(
+                "   frontend's sidecar: {} -> {} over {}, peer verified as {} ({})",
+                frontend.outbound(),
+                e.get("dst").map_or("-", String::as_str),
+                e.get("security").map_or("-", String::as_str),
+                e.get("peer_principal").map_or("-", String::as_str),
+                e.get("outcome").map_or("-", String::as_str),
+            ),
+            None => println!(
+                "   frontend's sidecar {} sent it over mTLS to backend's sidecar {} (expecting {})",
+                frontend.outbound(),
+                backend.inbound(),
+                backend.identity
+            ),
+        }
+        match &seen.inbound {
             Some(e) => {
                 println!(
                     "   backend's sidecar: peer {} over {} -> {}",
@@ -498,25 +508,36 @@ async fn shutdown(sidecars: Vec<Sidecar>, control: RunningControlPlane) {
     let _ = tokio::time::timeout(Duration::from_secs(5), control.shutdown()).await;
 }
 
-/// The backend's sidecar access-log event of the request for `path`, if it comes within 2 s.
-async fn access_event(
-    access: &mut mpsc::UnboundedReceiver<AccessEvent>,
-    path: &str,
-) -> Option<AccessEvent> {
+/// What the two sidecars logged about one demo request.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The backend sidecar's inbound HTTP request event.
+    inbound: Option<AccessEvent>,
+    /// The frontend sidecar's outbound connection event (logged when the connection closes).
+    outbound: Option<AccessEvent>,
+}
+
+/// Collects the access-log events of the request for `path`, for up to 3 s.
+async fn access_events(access: &mut mpsc::UnboundedReceiver<AccessEvent>, path: &str) -> Seen {
+    let mut seen = Seen::default();
     let wait = async {
         while let Some(e) = access.recv().await {
-            if e.get("protocol").map(String::as_str) == Some("http")
-                && e.get("path").map(String::as_str) == Some(path)
+            let field = |k: &str| e.get(k).map(String::as_str);
+            if field("direction") == Some("inbound")
+                && field("protocol") == Some("http")
+                && field("path") == Some(path)
             {
-                return Some(e);
+                seen.inbound = Some(e);
+            } else if field("direction") == Some("outbound") {
+                seen.outbound = Some(e);
+            }
+            if seen.inbound.is_some() && seen.outbound.is_some() {
+                return;
             }
         }
-        None
     };
-    tokio::time::timeout(Duration::from_secs(2), wait)
-        .await
-        .ok()
-        .flatten()
+    let _ = tokio::time::timeout(Duration::from_secs(3), wait).await;
+    seen
 }
 
 /// The demo apps.

@@ -31,6 +31,11 @@ fn quickstart_once_shows_an_allowed_and_a_denied_request() {
     let allowed = section("1");
     assert!(allowed.contains("GET /api/hello"), "{allowed}");
     assert!(
+        allowed.lines().any(|l| l.contains("frontend's sidecar")
+            && l.contains("spiffe://cluster.local/ns/demo/sa/backend")),
+        "the frontend's sidecar line names the backend identity: {allowed}"
+    );
+    assert!(
         allowed.contains("peer spiffe://cluster.local/ns/demo/sa/frontend over mTLS -> 200"),
         "{allowed}"
     );
