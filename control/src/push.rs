@@ -297,7 +297,19 @@ impl ConfigDiscovery for PushServer {
                 .unwrap_or_default(),
         };
         self.lock().insert(id, status);
-        tracing::info!(id, identity = %peer.identity, pod = %registration.pod_name, "proxy subscribed");
+        tracing::info!(id, identity = %peer.identity, pod = %registration.pod_name, held_version = registration.current_version, "proxy subscribed");
+        let current = self.source.borrow().version;
+        if registration.current_version > current {
+            // Versions count from the start time: a proxy ahead of us means this control plane's
+            // clock stepped back since an earlier run. It still gets the full snapshot.
+            tracing::warn!(
+                id,
+                identity = %peer.identity,
+                held_version = registration.current_version,
+                version = current,
+                "the proxy holds a higher config version than this control plane has (clock stepped back?); sending the current snapshot"
+            );
+        }
         let guard = Registered {
             server: self.clone(),
             id,
