@@ -6,6 +6,7 @@ use arc_swap::ArcSwap;
 
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::server::{ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
@@ -142,6 +143,7 @@ pub struct TlsConfigs {
     identity: SpiffeId,
     not_after: OffsetDateTime,
     trust: TrustBundle,
+    chain: Vec<CertificateDer<'static>>,
 }
 
 impl TlsConfigs {
@@ -186,6 +188,7 @@ impl TlsConfigs {
             identity: creds.identity().clone(),
             not_after: creds.not_after(),
             trust: creds.trust().clone(),
+            chain: creds.chain().to_vec(),
         })
     }
 
@@ -230,6 +233,11 @@ impl TlsConfigs {
     /// The trust bundle in force.
     pub fn trust(&self) -> &TrustBundle {
         &self.trust
+    }
+
+    /// The certificate chain these configs present (leaf first), for admin pages.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
     }
 }
 
