@@ -291,3 +291,125 @@ fn list(path: &Path) -> Vec<PathBuf> {
     out.extend(warden_policy::yaml_files(path).unwrap_or_default());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_identity::proto::config::Resource;
+    use warden_identity::tls::{TlsProvider, TlsSettings};
+
+    fn shared() -> Shared {
+        let yaml = "identity: {namespace: shop, serviceAccount: web, labels: {app: web}}\n\
+                    certificates: {staticDir: /nonexistent}\nconfig: {controlPlane: \"127.0.0.1:15012\"}\n";
+        let cfg =
+            SidecarConfig::from_parts(Some((Path::new("sidecar.yaml"), yaml)), &|_| None).unwrap();
+        Shared::new(
+            cfg,
+            TlsProvider::new(TlsSettings::default()).unwrap(),
+            Arc::new(crate::orig_dst::StaticOriginalDst::new()),
+            None,
+        )
+    }
+
+    fn resource(kind: &str, name: &str, yaml: &str) -> Resource {
+        Resource {
+            kind: kind.into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            yaml: yaml.into(),
+        }
+    }
+
+    const DENY_ALL: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {action: DENY, rules: [{}]}\n";
+    const ENTRY: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db, namespace: shop}\nspec: {hosts: [db.shop], addresses: [10.0.0.9], location: MESH_INTERNAL, resolution: STATIC, ports: [{number: 5432, name: tcp}], endpoints: [{address: 10.1.0.9, serviceAccount: db}]}\n";
+
+    #[test]
+    fn a_snapshot_is_applied_and_a_bad_one_keeps_the_last_good() {
+        let shared = shared();
+        let good = ConfigSnapshot {
+            version: 3,
+            nonce: "n3".into(),
+            mesh_config: "trustDomain: cluster.local\n".into(),
+            resources: vec![resource("AuthorizationPolicy", "deny", DENY_ALL)],
+            registry: vec![resource("ServiceEntry", "db", ENTRY)],
+        };
+        apply_snapshot(&shared, &good).unwrap();
+        let p = shared.policy.load_full().unwrap();
+        assert_eq!(p.generation, 3);
+        assert_eq!(p.origin, "control plane");
+        assert_eq!(p.compiled.authz.policies().len(), 1);
+        let db = shared
+            .registry
+            .load()
+            .lookup("10.0.0.9:5432".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            db.identities()[0].as_str(),
+            "spiffe://cluster.local/ns/shop/sa/db"
+        );
+
+        let bad = ConfigSnapshot {
+            version: 4,
+            nonce: "n4".into(),
+            mesh_config: String::new(),
+            resources: vec![resource(
+                "AuthorizationPolicy",
+                "broken",
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: broken, namespace: shop}\nspec: {action: MAYBE}\n",
+            )],
+            registry: vec![],
+        };
+        let err = apply_snapshot(&shared, &bad).unwrap_err();
+        assert!(
+            err.starts_with("snapshot version 4: ")
+                && err.contains("AuthorizationPolicy/shop/broken"),
+            "{err}"
+        );
+        // The last good config stays, registry included.
+        let p = shared.policy.load_full().unwrap();
+        assert_eq!(p.generation, 3);
+        assert_eq!(p.compiled.authz.policies().len(), 1);
+        assert!(
+            shared
+                .registry
+                .load()
+                .lookup("10.0.0.9:5432".parse().unwrap())
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn local_directory_keeps_a_broken_file_at_its_last_good_version() {
+        let shared = shared();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("deny.yaml"), DENY_ALL).unwrap();
+        std::fs::write(dir.path().join("db.yaml"), ENTRY).unwrap();
+        let mut local = LocalDirectory::new(dir.path());
+        assert!(local.reload(&shared).unwrap().is_empty());
+        assert_eq!(shared.policy.load_full().unwrap().generation, 1);
+
+        std::fs::write(dir.path().join("deny.yaml"), "kind: [\n").unwrap();
+        let problems = local.reload(&shared).unwrap();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("deny.yaml: kept the last good version")),
+            "{problems:?}"
+        );
+        let p = shared.policy.load_full().unwrap();
+        assert_eq!(p.generation, 2);
+        assert_eq!(
+            p.compiled.authz.policies().len(),
+            1,
+            "the DENY stays in force"
+        );
+        assert_eq!(p.problems, problems);
+
+        // The same resource in two files: nothing is applied.
+        std::fs::write(dir.path().join("deny.yaml"), DENY_ALL).unwrap();
+        std::fs::write(dir.path().join("deny-again.yaml"), DENY_ALL).unwrap();
+        let err = local.reload(&shared).unwrap_err();
+        assert!(err.to_string().contains("duplicate"), "{err}");
+        assert_eq!(shared.policy.load_full().unwrap().generation, 2);
+    }
+}
