@@ -5,6 +5,9 @@
 //!   directory with the demo's Istio YAML;
 //! - two sidecars ([`warden_proxy`]), `demo/frontend` and `demo/backend`, each on its own
 //!   loopback address (its "pod IP"), with static original destinations instead of iptables;
+//!   each gets its certificate from the control plane's CA with a service-account token (signed
+//!   with the control plane's token key, as `warden control token` does) and its config from
+//!   the control plane's push API;
 //! - two tiny HTTP apps: `backend` answers, `frontend` calls `backend` through its sidecar.
 //!
 //! It sends an allowed and a denied request from frontend to backend through mTLS, prints what
@@ -15,9 +18,9 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -30,10 +33,12 @@ use tokio::sync::mpsc;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+use warden_control::client::DEFAULT_SERVER_NAME;
 use warden_control::store::FileStore;
-use warden_control::{ControlConfig, ControlPlane, RunningControlPlane};
+use warden_control::{ControlConfig, ControlPlane, RunningControlPlane, StatePaths};
 use warden_identity::tls::{TlsProvider, TlsSettings};
-use warden_identity::{KeyAlgorithm, SpiffeId, TrustDomain, keys};
+use warden_identity::{SpiffeId, TrustDomain};
+use warden_policy::jwt::k8s::SaTokenSpec;
 use warden_proxy::orig_dst::StaticOriginalDst;
 use warden_proxy::{Listeners, Shared, SidecarConfig};
 
@@ -146,7 +151,8 @@ fn demo_config(net: Net, backend: &Workload) -> Vec<(&'static str, String)> {
                  apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
                  metadata: {{name: backend-deny-admin, namespace: {NAMESPACE}}}\nspec:\n\
                  \x20 selector: {{matchLabels: {{app: backend}}}}\n  action: DENY\n  rules:\n\
-                 \x20 - to:\n    - operation: {{paths: [\"/admin/*\"]}}\n"
+                 \x20 - to:\n    - operation: {{ports: [\"{port}\"], paths: [\"/admin/*\"]}}\n",
+                port = APP_PORT
             ),
         ),
     ]
@@ -237,7 +243,7 @@ async fn mesh(
 
     // The control plane: CA + push on one port, status beside it.
     let control = start_control_plane(net, dir, &config_dir).await?;
-    let ca_root = control.root_bundle_pem();
+    let state = ControlConfig::new(dir.join("control-state")).paths();
 
     // The apps first (a sidecar forwards to them), then the sidecars.
     let _backend_app = spawn_app(backend.app, App::Backend).await?;
@@ -257,13 +263,8 @@ async fn mesh(
             (backend.inbound(), SocketAddr::new(backend.pod, APP_PORT)),
         ),
     ] {
-        issue_certificates(
-            &control,
-            w,
-            &dir.join(format!("{}-certs", w.name)),
-            &ca_root,
-        )?;
-        sidecars.push(start_sidecar(w, dir, &config_dir, static_dst).await?);
+        let token = write_token(&state, w, dir)?;
+        sidecars.push(start_sidecar(w, dir, net, &state.root_cert, &token, static_dst).await?);
     }
     for w in [&frontend, &backend] {
         wait_ready(w).await?;
@@ -334,10 +335,7 @@ async fn mesh(
         all_as_expected &= ok;
     }
     println!();
-    println!(
-        "`warden control status --debug-addr {}` lists the proxies subscribed to the control plane.",
-        net.status()
-    );
+    print_status(&control, net).await;
 
     if once {
         shutdown(sidecars, control).await;
@@ -389,6 +387,29 @@ async fn mesh(
     Ok(())
 }
 
+/// The proxies subscribed to the control plane, as `warden control status` shows them (once
+/// both have ACKed, or after 5 s).
+async fn print_status(control: &RunningControlPlane, net: Net) {
+    let Some(push) = control.push() else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut proxies = push.proxies();
+    while !(proxies.len() == 2 && proxies.iter().all(|p| p.sync_state() == "SYNCED"))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        proxies = push.proxies();
+    }
+    println!(
+        "Proxies subscribed to the control plane (`warden control status --debug-addr {}`):",
+        net.status()
+    );
+    for line in warden_control::status::render_table(&proxies).lines() {
+        println!("  {line}");
+    }
+}
+
 async fn start_control_plane(
     net: Net,
     dir: &Path,
@@ -416,21 +437,18 @@ async fn start_control_plane(
     Ok(running)
 }
 
-/// Certificates for `w` from the embedded CA, in the static directory layout a sidecar reads.
-fn issue_certificates(
-    control: &RunningControlPlane,
-    w: &Workload,
-    out: &Path,
-    root_pem: &str,
-) -> anyhow::Result<()> {
-    let key = KeyAlgorithm::EcdsaP256.generate()?;
-    let csr = keys::csr_pem(&key, &w.identity)?;
-    let issued = control.ca().sign_csr(&csr, &w.identity, 24 * 3600)?;
-    std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("cert-chain.pem"), issued.chain_pem.concat())?;
-    std::fs::write(out.join("key.pem"), key.serialize_pem())?;
-    std::fs::write(out.join("root-cert.pem"), root_pem)?;
-    Ok(())
+/// A service-account token for `w`, signed with the control plane's token key (as the
+/// Kubernetes API server would project one into the pod), written where its sidecar reads it.
+fn write_token(state: &StatePaths, w: &Workload, dir: &Path) -> anyhow::Result<PathBuf> {
+    let spec = SaTokenSpec {
+        // The sidecar re-reads it for every renewal: valid as long as a demo may run.
+        ttl: Duration::from_secs(7 * 24 * 3600),
+        ..SaTokenSpec::new(NAMESPACE, w.name)
+    };
+    let token = warden_control::token_key::mint_token(state, &spec, SystemTime::now())?;
+    let path = dir.join(format!("{}-token", w.name));
+    std::fs::write(&path, token).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// A running in-process sidecar.
@@ -439,25 +457,30 @@ struct Sidecar {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Starts the sidecar of `w`: its certificate from the control plane's CA (with its token),
+/// its config pushed by the control plane, `listener` standing for connections to `target`.
 async fn start_sidecar(
     w: &Workload,
     dir: &Path,
-    config_dir: &Path,
+    net: Net,
+    root_cert: &Path,
+    token: &Path,
     (listener, target): (SocketAddr, SocketAddr),
 ) -> anyhow::Result<Sidecar> {
     let path = dir.join(format!("{}-sidecar.yaml", w.name));
     let yaml = format!(
         "identity: {{namespace: {NAMESPACE}, serviceAccount: {name}, podName: {name}-1, labels: {{app: {name}}}}}\n\
-         certificates: {{staticDir: {certs}}}\n\
-         config: {{directory: {config}}}\n\
+         certificates: {{caAddress: \"{cp}\", tokenFile: {token}, rootCert: {root}, caServerName: {DEFAULT_SERVER_NAME}}}\n\
+         config: {{controlPlane: \"{cp}\"}}\n\
          reloadInterval: 200ms\n\
          bindAddress: {pod}\n\
          adminAddress: {pod}\n\
          drainDeadline: 1s\n\
          inbound: {{appHost: {app}}}\n",
         name = w.name,
-        certs = dir.join(format!("{}-certs", w.name)).display(),
-        config = config_dir.display(),
+        cp = net.control(),
+        token = token.display(),
+        root = root_cert.display(),
         pod = w.pod,
         app = w.app.ip(),
     );
@@ -662,7 +685,13 @@ fn print_mesh(net: Net, frontend: &Workload, backend: &Workload, config_dir: &Pa
         "  service        backend.{NAMESPACE}.svc.cluster.local = {} -> backend pod",
         net.backend_vip()
     );
-    println!("  config         {}", config_dir.display());
+    println!(
+        "  certificates   each sidecar's agent sends a CSR with its service-account token to the CA"
+    );
+    println!(
+        "  config         {} (pushed by the control plane to the sidecars)",
+        config_dir.display()
+    );
     println!("                 PeerAuthentication {NAMESPACE}/default: STRICT mTLS");
     println!(
         "                 AuthorizationPolicy {NAMESPACE}/backend-allow-frontend: ALLOW frontend to GET /api/* and /admin/*"
@@ -697,7 +726,7 @@ fn print_try_it(net: Net, frontend: &Workload, backend: &Workload, config_dir: &
         net.status()
     );
     println!(
-        "  edit {}/backend-policies.yaml   # the sidecars apply changes within a second",
+        "  edit {}/backend-policies.yaml   # the control plane pushes the change to the sidecars within a second",
         config_dir.display()
     );
 }

@@ -1,7 +1,8 @@
 //! `warden quickstart --once`: the whole demo mesh (control plane, two sidecars, two apps) on
 //! loopback in the real binary; it exits 0 and its output shows the allowed request (200, the
 //! ALLOW policy that decided) and the denied one (403, the DENY policy that decided), both seen
-//! by the backend's sidecar over mTLS from the frontend's identity.
+//! by the backend's sidecar over mTLS from the frontend's identity, and both sidecars subscribed
+//! to the control plane and in sync (certificates from its CA, config from its push API).
 
 use std::process::Command;
 
@@ -62,4 +63,25 @@ fn quickstart_once_shows_an_allowed_and_a_denied_request() {
         "{denied}"
     );
     assert!(!stdout.contains("UNEXPECTED"), "{stdout}");
+    // Both sidecars got certificates from the CA and config from the control plane.
+    let status = &stdout[stdout
+        .find("Proxies subscribed to the control plane")
+        .unwrap_or_else(|| panic!("no status table in:\n{stdout}"))..];
+    for (pod, id) in [
+        (
+            "frontend-1.demo",
+            "spiffe://cluster.local/ns/demo/sa/frontend",
+        ),
+        (
+            "backend-1.demo",
+            "spiffe://cluster.local/ns/demo/sa/backend",
+        ),
+    ] {
+        let row = status
+            .lines()
+            .find(|l| l.trim_start().starts_with(pod))
+            .unwrap_or_else(|| panic!("{pod} not subscribed:\n{status}"));
+        assert!(row.contains(id), "{row}");
+        assert!(row.contains("SYNCED"), "{row}");
+    }
 }
