@@ -9,6 +9,7 @@ mod control;
 mod inject;
 mod iptables;
 mod proxy_status;
+mod quickstart;
 mod sidecar;
 
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
@@ -38,7 +39,7 @@ enum Command {
     Certs(certs::CertsCommand),
     /// Explain what Istio security policy decides for a workload and a request.
     Check(Box<check::CheckArgs>),
-    /// Show the proxies connected to a control plane: identity, config version, ACK/NACK, certificate expiry.
+    /// Same as `warden control status`: the proxies connected to a control plane.
     ProxyStatus(proxy_status::ProxyStatusArgs),
     /// Run the control plane (mesh CA on port 15012), or administer it: tokens, revocation,
     /// root rotation.
@@ -51,6 +52,9 @@ enum Command {
     Inject(inject::InjectArgs),
     /// Wait until the local sidecar is ready (the postStart hook of injected pods).
     Wait(inject::WaitArgs),
+    /// Start a demo mesh on loopback (control plane, two sidecars, two apps), show an allowed and
+    /// a denied request through mTLS, and keep it running until Ctrl-C.
+    Quickstart(quickstart::QuickstartArgs),
 }
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
@@ -71,7 +75,7 @@ fn init_logging(filter: Option<&str>, format: LogFormat) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The sidecar installs its own subscriber (its log level changes at runtime).
-    if !matches!(cli.command, Command::Sidecar(_)) {
+    if !matches!(cli.command, Command::Sidecar(_) | Command::Quickstart(_)) {
         init_logging(cli.log.as_deref(), cli.log_format);
     }
     match cli.command {
@@ -82,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         Command::Iptables(args) => iptables::run(*args),
         Command::Inject(args) => inject::run(args),
         Command::Wait(args) => inject::wait(args),
+        Command::Quickstart(args) => quickstart::run(args, cli.log.as_deref()),
         Command::Sidecar(args) => sidecar::run(
             args,
             cli.log.as_deref(),

@@ -79,9 +79,12 @@ impl TlsProvider {
     }
 
     /// Builds the configs for `creds` and makes them current. Connections already established
-    /// keep theirs; new connections use the new ones. Session resumption state carries over
-    /// when the trust material (roots, CRLs, trust domains) is unchanged, and is dropped when it
-    /// changed, so a peer revoked by a new CRL cannot come back through a resumed session.
+    /// keep theirs; new connections use the new ones. When the trust material (roots, CRLs,
+    /// trust domains) is unchanged, peers can still resume the sessions they have with us (our
+    /// ticket keys carry over; tickets never outlive the certificate they were issued under);
+    /// when it changed everything is dropped, so a peer revoked by a new CRL cannot come back
+    /// through a resumed session. Our own client sessions are always dropped: they carry the
+    /// previous certificate, which the peer would refuse once it expires.
     pub fn install(
         &self,
         creds: &WorkloadCredentials,
@@ -94,7 +97,10 @@ impl TlsProvider {
         let certified = certified_key(creds, &self.inner.crypto)?;
         let fingerprint = creds.trust().fingerprint();
         let (shared, renewed) = match guard.as_ref() {
-            Some(shared) if shared.fingerprint == fingerprint => (shared.clone(), Some(certified)),
+            Some(shared) if shared.fingerprint == fingerprint => (
+                shared.with_fresh_client_sessions(&self.inner.settings),
+                Some(certified),
+            ),
             _ => (
                 SharedState::new(
                     &self.inner.settings,
@@ -115,6 +121,7 @@ impl TlsProvider {
         if let Some(certified) = renewed {
             shared.set_cert(certified);
         }
+        shared.set_not_after(creds.not_after());
         *guard = Some(shared);
         self.inner.current.store(Some(configs.clone()));
         self.inner.generation.send_modify(|g| *g += 1);
