@@ -223,6 +223,7 @@ pub struct TlsConfigs {
     not_after: OffsetDateTime,
     trust: TrustBundle,
     chain: Vec<CertificateDer<'static>>,
+    verifier: Arc<MeshVerifier>,
 }
 
 impl TlsConfigs {
@@ -268,6 +269,7 @@ impl TlsConfigs {
             not_after: creds.not_after(),
             trust: creds.trust().clone(),
             chain: creds.chain().to_vec(),
+            verifier: shared.client_verifier.0.clone(),
         })
     }
 
@@ -312,6 +314,11 @@ impl TlsConfigs {
     /// The trust bundle in force.
     pub fn trust(&self) -> &TrustBundle {
         &self.trust
+    }
+
+    /// The verifier both sides use (with its cache of parsed peer leaves).
+    pub(crate) fn verifier(&self) -> &MeshVerifier {
+        &self.verifier
     }
 
     /// The certificate chain these configs present (leaf first), for admin pages.

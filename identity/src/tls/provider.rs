@@ -16,7 +16,7 @@ use super::alpn::{Alpn, known_protocol};
 use super::config::{SharedState, TlsConfigs, TlsSettings, certified_key, crypto_provider};
 use super::credentials::WorkloadCredentials;
 use super::error::{CredentialsError, TlsError};
-use super::verify::{check_secure_naming, peer_identity_checked};
+use super::verify::check_secure_naming;
 use crate::spiffe::SpiffeId;
 
 /// A client-side mesh TLS stream.
@@ -194,19 +194,17 @@ impl TlsProvider {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let config = {
-            let cur = self.inner.current.load();
-            let Some(configs) = cur.as_ref() else {
-                return Err(TlsError::NoCredentials);
-            };
-            configs.client(alpn).clone()
+        let Some(configs) = self.inner.current.load_full() else {
+            return Err(TlsError::NoCredentials);
         };
-        let stream = tokio_rustls::TlsConnector::from(config)
+        let stream = tokio_rustls::TlsConnector::from(configs.client(alpn).clone())
             .connect(server_name, stream)
             .await
             .map_err(TlsError::from_io)?;
         let (_, conn) = stream.get_ref();
-        let peer = peer_identity_checked(conn, OffsetDateTime::now_utc())?;
+        let peer = configs
+            .verifier()
+            .peer_identity_checked(conn, OffsetDateTime::now_utc())?;
         check_secure_naming(&peer, expected)?;
         Ok((stream, peer))
     }
@@ -218,17 +216,22 @@ impl TlsProvider {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let had_credentials = self.has_credentials();
-        let result = tokio_rustls::TlsAcceptor::from(self.server_config())
-            .accept(stream)
-            .await;
-        let stream = match result {
-            Ok(s) => s,
-            Err(_) if !had_credentials => return Err(TlsError::NoCredentials),
-            Err(e) => return Err(TlsError::from_io(e)),
+        let configs = self.inner.current.load_full();
+        let server = match &configs {
+            Some(c) => c.server().clone(),
+            None => self.inner.refusing_server.clone(),
+        };
+        let result = tokio_rustls::TlsAcceptor::from(server).accept(stream).await;
+        let (stream, configs) = match (result, configs) {
+            (Ok(s), Some(c)) => (s, c),
+            // The refusing config completes no handshake.
+            (_, None) => return Err(TlsError::NoCredentials),
+            (Err(e), Some(_)) => return Err(TlsError::from_io(e)),
         };
         let (_, conn) = stream.get_ref();
-        let peer = peer_identity_checked(conn, OffsetDateTime::now_utc())?;
+        let peer = configs
+            .verifier()
+            .peer_identity_checked(conn, OffsetDateTime::now_utc())?;
         let alpn = known_protocol(conn.alpn_protocol());
         Ok((stream, peer, alpn))
     }
