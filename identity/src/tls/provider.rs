@@ -79,12 +79,11 @@ impl TlsProvider {
     }
 
     /// Builds the configs for `creds` and makes them current. Connections already established
-    /// keep theirs; new connections use the new ones. When the trust material (roots, CRLs,
-    /// trust domains) is unchanged, peers can still resume the sessions they have with us (our
-    /// ticket keys carry over; tickets never outlive the certificate they were issued under);
-    /// when it changed everything is dropped, so a peer revoked by a new CRL cannot come back
-    /// through a resumed session. Our own client sessions are always dropped: they carry the
-    /// previous certificate, which the peer would refuse once it expires.
+    /// keep theirs; new connections use the new ones. Session resumption state (client and
+    /// server caches, ticket keys) starts over with every new certificate: a resumed session
+    /// carries the certificates of its full handshake, which must not outlive them. When the
+    /// trust material (roots, CRLs, trust domains) changed, the verifiers are replaced too, so
+    /// a peer revoked by a new CRL cannot come back through a resumed session.
     pub fn install(
         &self,
         creds: &WorkloadCredentials,
@@ -98,7 +97,7 @@ impl TlsProvider {
         let fingerprint = creds.trust().fingerprint();
         let (shared, renewed) = match guard.as_ref() {
             Some(shared) if shared.fingerprint == fingerprint => (
-                shared.with_fresh_client_sessions(&self.inner.settings),
+                shared.with_fresh_sessions(&self.inner.settings)?,
                 Some(certified),
             ),
             _ => (
