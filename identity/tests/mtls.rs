@@ -419,18 +419,19 @@ async fn a_revoked_peer_is_refused_on_the_next_handshake() {
 }
 
 #[tokio::test]
-async fn sessions_resume_and_keep_the_peer_identity_across_rotation() {
+async fn sessions_resume_within_a_certificate_and_start_over_after_a_rotation() {
     let mesh = Mesh::new();
     let (sid, cid) = (id("a", "server"), id("b", "client"));
     let server = mesh.provider(&sid);
     let client = mesh.provider(&cid);
     let mut kinds = Vec::new();
-    for round in 0..5 {
+    for round in 0..6 {
         if round == 2 {
-            // The server rotates (same trust): the client resumes its session with it.
+            // The server rotates (same trust): tickets issued under its previous certificate
+            // are not accepted any more (they would carry it past its expiry).
             server.install(&mesh.issue(&sid, 3600).creds).unwrap();
         }
-        if round == 3 {
+        if round == 4 {
             // The client rotates: its sessions carried the old certificate and are dropped.
             client.install(&mesh.issue(&cid, 3600).creds).unwrap();
         }
@@ -443,14 +444,16 @@ async fn sessions_resume_and_keep_the_peer_identity_across_rotation() {
         assert_eq!(peer_identity(cs.get_ref().1), Some(sid.clone()));
         kinds.push(cs.get_ref().1.handshake_kind());
     }
+    use HandshakeKind::{Full, Resumed};
     assert_eq!(
         kinds,
         [
-            Some(HandshakeKind::Full),
-            Some(HandshakeKind::Resumed),
-            Some(HandshakeKind::Resumed),
-            Some(HandshakeKind::Full),
-            Some(HandshakeKind::Resumed)
+            Some(Full),
+            Some(Resumed),
+            Some(Full),
+            Some(Resumed),
+            Some(Full),
+            Some(Resumed)
         ]
     );
 }

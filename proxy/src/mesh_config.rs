@@ -278,8 +278,12 @@ pub async fn watch_directory(shared: Arc<Shared>, path: PathBuf) {
             }
             Err(e) => {
                 tracing::error!(error = %e, "config: not applied; keeping the current config");
-                // Retry on the next change only: the same files fail the same way.
-                last = Some(now);
+                last = match e {
+                    // Unreadable now (permissions, a mount in progress): try again next tick.
+                    LocalLoadError::List(_) => None,
+                    // The same files fail the same way: wait for a change.
+                    LocalLoadError::Bundle { .. } => Some(now),
+                };
             }
         }
     }

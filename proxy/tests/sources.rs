@@ -403,6 +403,10 @@ fn serial_of(pod: &Pod) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_certificates_rotate_survive_a_ca_outage_and_fail_closed_on_expiry() {
+    // TEST_LOG=1 shows the sidecars' and the control plane's logs when this test is run alone.
+    if std::env::var("TEST_LOG").is_ok() {
+        warden_proxy::logging::init("info", false);
+    }
     let mut control = Control::start().await;
     let t = 41;
     let vip = ip(t, 200);
@@ -572,8 +576,12 @@ async fn policy_pushed_by_the_control_plane_flips_decisions_without_dropping_con
 
     // A DENY policy file: new connections from a are refused; the open one keeps working.
     let before = b.generation();
+    let written = std::time::Instant::now();
     write_atomic(&dir, "deny.yaml", &deny_from("deny-a", "b", "a"));
     eventually("b applied the DENY policy", || b.generation() != before).await;
+    // For the record (not asserted): file written -> applied in the sidecar, including the
+    // store's 50 ms poll and 50 ms debounce.
+    println!("policy file -> sidecar: {:?}", written.elapsed());
     assert_ne!(round_trip(a.outbound(), b"denied?").await, b"denied?");
     echo_on(&mut long, b"long 2").await;
 

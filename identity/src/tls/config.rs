@@ -75,19 +75,23 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
-/// What stays the same across config rebuilds while the trust material (roots, CRLs, trust
-/// domains) is unchanged: the verifiers, the certificate resolvers (which swap in a renewed
-/// certificate) and the server ticket keys. rustls resumes a client session only with the very
-/// verifier and resolver objects that made it, so keeping them is what lets peers resume their
-/// sessions with us across our certificate rotation. All of it is replaced when the trust
-/// material changes, because a resumed session skips the certificate checks.
+/// What a workload's TLS configs share, and when it is replaced.
 ///
-/// A resumed session carries the certificates of its full handshake, and both sides check
-/// that they are still valid ([`super::verify::peer_identity_checked`]). So that no resumption
-/// outlives them: the client session cache is emptied when our certificate is renewed (a
-/// session made with the old client certificate would fail once it expires), and the tickets
-/// we issue as a server live no longer than our current certificate
-/// ([`ExpiryBoundTicketer`]).
+/// A resumed session carries the certificates of its full handshake (also through chains of
+/// resumptions: a ticket issued on a resumed connection carries the original certificates), and
+/// both sides refuse it once one of them has expired
+/// ([`super::verify::MeshVerifier::peer_identity_checked`]). So that no resumption outlives
+/// them, every piece of session state belongs to one certificate of ours:
+/// - on renewal (same trust material) the verifiers (with their cache of parsed peer leaves)
+///   and the certificate resolver are kept, and the client session cache, the server session
+///   cache and the ticket keys start over ([`SharedState::with_fresh_sessions`]): connections
+///   accepted or made with the previous configs keep their own session state, new ones cannot
+///   resume a session made with our previous certificate;
+/// - the tickets we issue live no longer than our current certificate ([`ExpiryBoundTicketer`]);
+/// - when the trust material (roots, CRLs, trust domains) changes, everything is replaced, so a
+///   peer revoked by a new CRL cannot come back through a resumed session.
+///
+/// The cost is one full handshake per peer after each renewal.
 #[derive(Clone)]
 pub(crate) struct SharedState {
     pub(crate) fingerprint: [u8; 32],
@@ -114,14 +118,7 @@ impl SharedState {
             fingerprint: trust.fingerprint(),
             client_store: Arc::new(ClientSessionMemoryCache::new(settings.client_session_cache)),
             server_cache: ServerSessionMemoryCache::new(settings.server_session_cache),
-            ticketer: Arc::new(ExpiryBoundTicketer {
-                inner: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
-                    CredentialsError::Config {
-                        reason: format!("ticket keys: {e}"),
-                    }
-                })?,
-                not_after: AtomicI64::new(i64::MAX),
-            }),
+            ticketer: Arc::new(ExpiryBoundTicketer::new()?),
             client_verifier: Arc::new(MeshClientVerifier(verifier.clone())),
             server_verifier: Arc::new(MeshServerVerifier(verifier)),
             cert: Arc::new(CurrentCert(ArcSwap::new(certified))),
@@ -140,11 +137,18 @@ impl SharedState {
             .store(not_after.unix_timestamp(), Ordering::Relaxed);
     }
 
-    /// The same state with an empty client session cache (after our certificate changed).
-    pub(crate) fn with_fresh_client_sessions(&self, settings: &TlsSettings) -> Self {
+    /// The same verifiers and certificate resolver with new session state: an empty client
+    /// session cache, an empty server session cache and new ticket keys (after our certificate
+    /// changed). See the type's documentation for why.
+    pub(crate) fn with_fresh_sessions(
+        &self,
+        settings: &TlsSettings,
+    ) -> Result<Self, CredentialsError> {
         let mut s = self.clone();
         s.client_store = Arc::new(ClientSessionMemoryCache::new(settings.client_session_cache));
-        s
+        s.server_cache = ServerSessionMemoryCache::new(settings.server_session_cache);
+        s.ticketer = Arc::new(ExpiryBoundTicketer::new()?);
+        Ok(s)
     }
 }
 
@@ -166,6 +170,17 @@ impl std::fmt::Debug for ExpiryBoundTicketer {
 }
 
 impl ExpiryBoundTicketer {
+    fn new() -> Result<Self, CredentialsError> {
+        Ok(Self {
+            inner: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
+                CredentialsError::Config {
+                    reason: format!("ticket keys: {e}"),
+                }
+            })?,
+            not_after: AtomicI64::new(i64::MAX),
+        })
+    }
+
     fn seconds_left(&self) -> i64 {
         self.not_after
             .load(Ordering::Relaxed)
@@ -223,6 +238,7 @@ pub struct TlsConfigs {
     not_after: OffsetDateTime,
     trust: TrustBundle,
     chain: Vec<CertificateDer<'static>>,
+    verifier: Arc<MeshVerifier>,
 }
 
 impl TlsConfigs {
@@ -268,6 +284,7 @@ impl TlsConfigs {
             not_after: creds.not_after(),
             trust: creds.trust().clone(),
             chain: creds.chain().to_vec(),
+            verifier: shared.client_verifier.0.clone(),
         })
     }
 
@@ -312,6 +329,11 @@ impl TlsConfigs {
     /// The trust bundle in force.
     pub fn trust(&self) -> &TrustBundle {
         &self.trust
+    }
+
+    /// The verifier both sides use (with its cache of parsed peer leaves).
+    pub(crate) fn verifier(&self) -> &MeshVerifier {
+        &self.verifier
     }
 
     /// The certificate chain these configs present (leaf first), for admin pages.
