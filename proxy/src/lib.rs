@@ -14,6 +14,7 @@ pub mod admin;
 pub mod config;
 pub mod detect;
 pub mod drain;
+pub mod gateway;
 pub mod http;
 pub mod inbound;
 pub mod l4;
