@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod certs;
 mod check;
 mod control;
+mod gateway;
 mod proxy_status;
 mod sidecar;
 
@@ -43,6 +44,8 @@ enum Command {
     Control(Box<control::ControlArgs>),
     /// Run the sidecar proxy for one workload (mTLS, policy, metrics, drain).
     Sidecar(sidecar::SidecarArgs),
+    /// Run an ingress or egress gateway (Istio Gateway, VirtualService, DestinationRule).
+    Gateway(gateway::GatewayArgs),
 }
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
@@ -76,5 +79,6 @@ fn main() -> anyhow::Result<()> {
             cli.log.as_deref(),
             matches!(cli.log_format, LogFormat::Json),
         ),
+        Command::Gateway(args) => gateway::run(args),
     }
 }

@@ -229,7 +229,14 @@ impl ConfigLoader {
             labels: &cfg.labels,
         });
         self.generation += 1;
-        let mut table = GatewayTable::build(cfg, &networking, policy, self.generation);
+        let previous = shared.table.load_full();
+        let mut table = GatewayTable::build(
+            cfg,
+            &networking,
+            policy,
+            self.generation,
+            previous.as_deref(),
+        );
         problems.append(&mut table.problems);
         table.problems = problems.clone();
         shared.table.store(Some(Arc::new(table)));

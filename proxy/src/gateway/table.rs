@@ -268,8 +268,8 @@ pub enum RouteAction {
         dests: Vec<Weighted>,
         /// Sum of the weights.
         total: u32,
-        /// Weighted round robin position.
-        next: AtomicUsize,
+        /// Smooth weighted round robin state (one current weight per destination).
+        wrr: std::sync::Mutex<Vec<i64>>,
         /// `timeout` of the whole request (retries included).
         timeout: Option<Duration>,
         /// `retries`.
@@ -289,10 +289,12 @@ pub enum RouteAction {
 }
 
 impl RouteAction {
-    /// The destination for the next request (smooth weighted round robin by counter).
+    /// The destination for the next request: smooth weighted round robin (nginx's), so that
+    /// weights 75/25 give exactly 3 of every 4 requests to the first, interleaved. A weight of
+    /// 0 gets no traffic.
     pub fn pick(&self) -> Option<&Arc<Target>> {
         let RouteAction::Forward {
-            dests, total, next, ..
+            dests, total, wrr, ..
         } = self
         else {
             return None;
@@ -300,17 +302,19 @@ impl RouteAction {
         if dests.is_empty() {
             return None;
         }
-        if *total == 0 {
+        if *total == 0 || dests.len() == 1 {
             return Some(&dests[0].target);
         }
-        let mut n = (next.fetch_add(1, Ordering::Relaxed) % *total as usize) as u32;
-        for d in dests {
-            if n < d.weight {
-                return Some(&d.target);
+        let mut cur = wrr.lock().unwrap_or_else(|p| p.into_inner());
+        let mut best = 0;
+        for (i, d) in dests.iter().enumerate() {
+            cur[i] += i64::from(d.weight);
+            if cur[i] > cur[best] {
+                best = i;
             }
-            n -= d.weight;
         }
-        Some(&dests[0].target)
+        cur[best] -= i64::from(*total);
+        Some(&dests[best].target)
     }
 }
 
@@ -458,6 +462,10 @@ pub struct GatewayTable {
     trust_domain: String,
     /// DestinationRule subsets: (host, subset) -> labels.
     subsets: HashMap<(String, String), BTreeMap<String, String>>,
+    /// The previous table's server TLS configs by server name (kept on credential errors).
+    last_good_servers: HashMap<String, Arc<ServerConfig>>,
+    /// The previous table's originations by DestinationRule (kept on credential errors).
+    last_good_origination: HashMap<String, Arc<Origination>>,
 }
 
 impl std::fmt::Debug for GatewayTable {
@@ -492,11 +500,16 @@ impl GatewayTable {
     /// Compiles the table. Problems (a credential that cannot be read, a destination that is not
     /// in the registry, a bad regex, ...) are reported and leave the affected server or route
     /// out: that traffic is refused rather than sent somewhere unintended.
+    ///
+    /// A credential that cannot be loaded (a file being replaced, a key that does not match
+    /// its certificate) keeps the last good TLS config of `previous` for the same server or
+    /// DestinationRule, so a bad update never takes a serving port down.
     pub fn build(
         cfg: &GatewayConfig,
         networking: &[NetworkingResource],
         policy: CompiledPolicies,
         generation: u64,
+        previous: Option<&GatewayTable>,
     ) -> GatewayTable {
         let registry = Arc::new(Registry::build(
             networking.iter(),
@@ -512,6 +525,26 @@ impl GatewayTable {
             generation,
             trust_domain: cfg.trust_domain.as_str().to_owned(),
             subsets: HashMap::new(),
+            last_good_servers: previous
+                .map(|p| {
+                    p.ports
+                        .values()
+                        .flat_map(|e| e.servers.iter())
+                        .filter_map(|s| match &s.tls {
+                            ServerTls::Terminate(c) => Some((s.name.clone(), c.clone())),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            last_good_origination: previous
+                .map(|p| {
+                    p.origination
+                        .values()
+                        .map(|o| (o.rule.clone(), o.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         let mut gateways = Vec::new();
         let mut vss = Vec::new();
@@ -589,10 +622,19 @@ impl GatewayTable {
                     }),
                 );
             }
-            Err(e) => self.problems.push(format!(
-                "{}: DestinationRule {name}: spec.trafficPolicy.tls: {e} (traffic to {} is refused)",
-                d.source, d.spec.host
-            )),
+            Err(e) => match self.last_good_origination.get(&name).cloned() {
+                Some(last) => {
+                    self.problems.push(format!(
+                        "{}: DestinationRule {name}: spec.trafficPolicy.tls: {e} (the last good credentials stay in use)",
+                        d.source
+                    ));
+                    self.origination.insert(host, last);
+                }
+                None => self.problems.push(format!(
+                    "{}: DestinationRule {name}: spec.trafficPolicy.tls: {e} (traffic to {} is refused)",
+                    d.source, d.spec.host
+                )),
+            },
         }
     }
 
@@ -684,11 +726,25 @@ impl GatewayTable {
                     ServerTlsMode::Passthrough => (ServerTls::Passthrough, "PASSTHROUGH"),
                     ServerTlsMode::IstioMutual => (ServerTls::IstioMutual, "ISTIO_MUTUAL"),
                     ServerTlsMode::Simple | ServerTlsMode::Mutual => {
-                        let f = files()?;
-                        self.credential_files.extend(f.paths().cloned());
                         let mutual = t.mode == ServerTlsMode::Mutual;
-                        let sc = creds::server_config(&f, mutual, alpn, tls13)
-                            .map_err(|e| format!("tls: {e}"))?;
+                        let built = files().and_then(|f| {
+                            self.credential_files.extend(f.paths().cloned());
+                            creds::server_config(&f, mutual, alpn, tls13)
+                                .map_err(|e| format!("tls: {e}"))
+                        });
+                        let sc = match built {
+                            Ok(sc) => sc,
+                            Err(e) => match self.last_good_servers.get(name) {
+                                Some(last) => {
+                                    self.problems.push(format!(
+                                        "{}: {name}: {e}; the last good credentials stay in use",
+                                        g.source
+                                    ));
+                                    last.clone()
+                                }
+                                None => return Err(e),
+                            },
+                        };
                         (ServerTls::Terminate(sc), t.mode.as_str())
                     }
                     ServerTlsMode::OptionalMutual | ServerTlsMode::AutoPassthrough => {
@@ -920,11 +976,11 @@ impl GatewayTable {
                 weight,
             });
         }
-        let total = dests.iter().map(|d| d.weight).sum();
+        let total = dests.iter().fold(0u32, |t, d| t.saturating_add(d.weight));
         Ok(RouteAction::Forward {
+            wrr: std::sync::Mutex::new(vec![0; dests.len()]),
             dests,
             total,
-            next: AtomicUsize::new(0),
             timeout,
             retry,
         })
