@@ -1193,3 +1193,198 @@ async fn weighted_routes_split_by_weight() {
     assert_eq!(counts.get("v1"), Some(&15), "{counts:?}");
     assert_eq!(counts.get("v2"), Some(&5), "{counts:?}");
 }
+
+/// An app whose answers depend on the path and on how often the path was asked:
+/// `fail1` fails the first request with 503, `slow1` stalls the first request, `slowall`
+/// stalls every request; otherwise `attempt <n>`.
+async fn flaky_app(addr: SocketAddr) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let n = {
+                            let mut m = seen.lock().unwrap();
+                            let c = m.entry(path.clone()).or_insert(0);
+                            *c += 1;
+                            *c
+                        };
+                        if path.contains("slowall") || (path.contains("slow1") && n == 1) {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                        }
+                        let mut r = response(format!("attempt {n}"));
+                        if path.contains("fail1") && n == 1 {
+                            *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// Retries (5xx, per-try timeout, connect failure) and the route timeout.
+#[tokio::test]
+async fn retries_and_timeouts() {
+    const T: u8 = 47;
+    let mesh = Mesh::new();
+    flaky_app(SocketAddr::new(ip(T, 9), 8080)).await;
+    let route = |prefix: &str, host: &str, extra: &str| {
+        format!(
+            "  - match: [{{uri: {{prefix: {prefix}}}}}]\n    route: [{{destination: {{host: {host}, port: {{number: 8080}}}}}}]\n{extra}"
+        )
+    };
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: web, namespace: {NS}}}\n\
+         spec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 8080, name: http, protocol: HTTP}}\n    hosts: ['*']\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web, namespace: {NS}}}\n\
+         spec:\n  hosts: ['*']\n  gateways: [web]\n  http:\n{}{}{}{}",
+        route(
+            "/retry",
+            "flaky.example.com",
+            "    retries: {attempts: 2, perTryTimeout: 500ms, retryOn: 5xx}\n"
+        ),
+        route(
+            "/timeout",
+            "flaky.example.com",
+            "    timeout: 300ms\n    retries: {attempts: 0}\n"
+        ),
+        route(
+            "/plain",
+            "flaky.example.com",
+            "    retries: {attempts: 0}\n"
+        ),
+        route(
+            "/down",
+            "down.example.com",
+            "    retries: {attempts: 2, retryOn: connect-failure}\n"
+        ),
+    );
+    let se = [
+        service_entry(
+            "flaky",
+            "flaky.example.com",
+            8080,
+            "http",
+            "MESH_EXTERNAL",
+            ip(T, 9),
+            "",
+            8080,
+        ),
+        // Nothing listens there.
+        service_entry(
+            "down",
+            "down.example.com",
+            8080,
+            "http",
+            "MESH_EXTERNAL",
+            ip(T, 10),
+            "",
+            8080,
+        ),
+    ]
+    .join("---\n");
+    let gw = gateway(
+        &mesh,
+        GatewayMode::Ingress,
+        ip(T, 1),
+        "ingress",
+        &[("gw.yaml", yaml), ("se.yaml", se)],
+        "",
+    )
+    .await;
+    assert!(gw.problems().is_empty(), "{:?}", gw.problems());
+    assert_eq!(
+        gw.http_get(8080, "/retry/fail1").await,
+        (200, "attempt 2".to_owned())
+    );
+    assert_eq!(
+        gw.http_get(8080, "/plain/fail1").await,
+        (503, "attempt 1".to_owned())
+    );
+    assert_eq!(
+        gw.http_get(8080, "/retry/slow1").await,
+        (200, "attempt 2".to_owned())
+    );
+    assert_eq!(gw.http_get(8080, "/timeout/slowall").await.0, 504);
+    let (code, body) = gw.http_get(8080, "/down/x").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("upstream connect error"), "{body}");
+    let (_, stats) = get_text(SocketAddr::new(ip(T, 1), 15020), "/stats/prometheus").await;
+    for (flags, code) in [("URX", "503"), ("UT", "504")] {
+        assert!(
+            metric_line(
+                &stats,
+                "istio_requests_total",
+                &[
+                    &format!("response_flags=\"{flags}\""),
+                    &format!("response_code=\"{code}\"")
+                ]
+            )
+            .is_some(),
+            "{flags}: {stats}"
+        );
+    }
+}
+
+/// Egress PASSTHROUGH: the client's own TLS goes to the external server chosen by SNI (a
+/// ServiceEntry host, no VirtualService); an SNI outside the registry is refused under
+/// REGISTRY_ONLY.
+#[tokio::test]
+async fn egress_passthrough_by_sni_under_registry_only() {
+    const T: u8 = 48;
+    let mesh = Mesh::new();
+    let ext = Pki::new("external CA");
+    let leaf = ext.leaf("ext", &["ext.example.org"], false);
+    tls_app(SocketAddr::new(ip(T, 9), 443), "ext", &leaf, None).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = write(&tmp.path().join("ca.pem"), &ext.ca_pem())
+        .display()
+        .to_string();
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: egress, namespace: {NS}}}\n\
+         spec:\n  selector: {{istio: egressgateway}}\n  servers:\n  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: PASSTHROUGH}}\n"
+    );
+    let se = service_entry(
+        "ext",
+        "ext.example.org",
+        443,
+        "tls",
+        "MESH_EXTERNAL",
+        ip(T, 9),
+        "",
+        443,
+    );
+    let _gw = gateway(
+        &mesh,
+        GatewayMode::Egress,
+        ip(T, 5),
+        "egress",
+        &[("gw.yaml", yaml), ("se.yaml", se)],
+        "outboundTrafficPolicy: REGISTRY_ONLY\n",
+    )
+    .await;
+    let o = curl_https("ext.example.org", 443, ip(T, 5), "/e", &["--cacert", &ca]).await;
+    assert_eq!(
+        status_body(&o),
+        (200, "ext saw /e client_cert=no"),
+        "{}",
+        o.stderr
+    );
+    let o = curl_https("elsewhere.example.org", 443, ip(T, 5), "/e", &["-k"]).await;
+    assert_ne!(o.code, 0, "{}", o.stdout);
+}

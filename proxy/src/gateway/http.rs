@@ -512,24 +512,26 @@ async fn forward(
                 }
             }
             Ok(Err(AttemptError::Upstream(e))) => {
-                let connect_failure = true;
-                if may_retry
-                    && (retry.on.connect_failure || retry.on.status_5xx || retry.on.gateway_error)
-                    && connect_failure
-                {
+                // Connection failures: `connect-failure`, and the 5xx families (Envoy answers
+                // them with 503).
+                let on = retry.on;
+                if may_retry && (on.connect_failure || on.status_5xx || on.gateway_error) {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "gateway: upstream failed, retrying");
                 } else {
-                    let (code, flags) = match e {
-                        UpstreamError::NoEndpoint(_) => (StatusCode::SERVICE_UNAVAILABLE, "UH"),
-                        _ => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            if attempt > 0 { "URX" } else { "UF" },
-                        ),
+                    out.flags = match e {
+                        UpstreamError::NoEndpoint(_) => "UH",
+                        _ if attempt > 0 => "URX",
+                        _ => "UF",
                     };
-                    out.flags = flags;
                     out.detail = e.to_string();
-                    return (full(code, format!("upstream connect error: {e}\n")), out);
+                    return (
+                        full(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("upstream connect error: {e}\n"),
+                        ),
+                        out,
+                    );
                 }
             }
             Ok(Err(AttemptError::Reset(e))) => {
