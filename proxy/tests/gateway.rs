@@ -128,14 +128,18 @@ fn response(text: String) -> hyper::Response<Full<Bytes>> {
     hyper::Response::new(Full::new(Bytes::from(text)))
 }
 
-/// A plaintext HTTP app answering `<name> saw <path> xff=<x-forwarded-for>`.
-async fn http_app(addr: SocketAddr, name: &'static str) {
+/// A plaintext HTTP app answering `<name> saw <path> xff=<x-forwarded-for>`; counts the
+/// connections it accepted.
+async fn http_app(addr: SocketAddr, name: &'static str) -> Arc<std::sync::atomic::AtomicUsize> {
     let listener = TcpListener::bind(addr).await.unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = listener.accept().await else {
                 continue;
             };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<Incoming>| async move {
                     let xff = req
@@ -152,6 +156,7 @@ async fn http_app(addr: SocketAddr, name: &'static str) {
             });
         }
     });
+    accepted
 }
 
 /// An HTTPS server presenting `leaf`; with `client_ca`, client certificates are required.
@@ -899,7 +904,7 @@ async fn remote_ip_blocks_with_xff_and_trusted_hops() {
     const T: u8 = 44;
     let mesh = Mesh::new();
     let backend = SocketAddr::new(ip(T, 9), 8080);
-    http_app(backend, "backend").await;
+    let accepted = http_app(backend, "backend").await;
     let yaml = format!(
         "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: web, namespace: {NS}}}\n\
          spec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 8080, name: http, protocol: HTTP}}\n    hosts: ['*']\n\
@@ -957,6 +962,9 @@ async fn remote_ip_blocks_with_xff_and_trusted_hops() {
     // The backend sees the client's XFF with the gateway's peer appended.
     let (code, body) = gw.http_get(8080, "/y").await;
     assert_eq!((code, body.as_str()), (200, "backend saw /y xff=127.0.0.1"));
+    // Four requests reached the backend, over pooled connections (not one connection each).
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n <= 2, "{n} upstream connections for 4 requests");
 }
 
 /// app -> sidecar -> (mesh mTLS) -> egress gateway -> TLS origination (SIMPLE and MUTUAL) to

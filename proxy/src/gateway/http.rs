@@ -22,6 +22,7 @@ use warden_policy::{ConnectionContext, HttpRequest, NoExtAuthz, PathNormalizatio
 
 use super::GatewayShared;
 use super::metrics::HttpLabels;
+use super::pool::PoolKey;
 use super::table::{GatewayTable, RetryPolicy, RouteAction, ServerEntry, Target};
 use super::upstream::{self, Security, UpstreamError};
 use crate::config::OutboundTrafficPolicy;
@@ -459,31 +460,22 @@ async fn forward(
         .map_or("/".to_owned(), |p| p.as_str().to_owned());
     let uri: Uri = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
 
+    let up = UpReq {
+        method: parts.method,
+        uri,
+        headers: parts.headers,
+        body,
+    };
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut target = first;
     let mut attempt = 0u32;
     loop {
-        let mut rb = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri.clone());
-        if let Some(h) = rb.headers_mut() {
-            *h = parts.headers.clone();
-        }
-        let upstream_req = match rb.body(Full::new(body.clone())) {
-            Ok(r) => r,
-            Err(e) => {
-                return (
-                    full(StatusCode::BAD_REQUEST, format!("bad request: {e}\n")),
-                    Outcome::new("-", e.to_string()),
-                );
-            }
-        };
         let mut per_try = retry.per_try_timeout;
         if let Some(d) = deadline {
             let left = d.saturating_duration_since(Instant::now());
             per_try = Some(per_try.map_or(left, |p| p.min(left)));
         }
-        let once = attempt_once(shared, &target, upstream_req);
+        let once = attempt_once(shared, &target, &up);
         let result = match per_try {
             Some(t) => tokio::time::timeout(t, once).await.map_err(|_| ()),
             None => Ok(once.await),
@@ -576,14 +568,65 @@ enum AttemptError {
     Reset(String),
 }
 
+/// An upstream request that can be sent again (retries, a stale pooled connection).
+struct UpReq {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl UpReq {
+    fn build(&self) -> Request<Full<Bytes>> {
+        let mut r = Request::new(Full::new(self.body.clone()));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+
+    fn idempotent(&self) -> bool {
+        use http::Method;
+        matches!(
+            self.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        )
+    }
+}
+
+/// One attempt: an idle pooled connection to the picked endpoint if there is one (a request
+/// that was not sent on it, or an idempotent one that got no answer because the connection
+/// was closing, goes on a new connection), else a new connection.
 async fn attempt_once(
     shared: &GatewayShared,
     target: &Target,
-    req: Request<Full<Bytes>>,
+    req: &UpReq,
 ) -> Result<(Response<Incoming>, Security), AttemptError> {
-    let (io, sec) = upstream::connect(
+    let (addr, port) = target
+        .pick()
+        .ok_or_else(|| AttemptError::Upstream(UpstreamError::NoEndpoint(target.host.clone())))?;
+    let key = PoolKey::new(target, (&addr, port));
+    if let Some((mut sender, sec)) = shared.pool.take(&key) {
+        match sender.send_request(req.build()).await {
+            Ok(resp) => {
+                shared.pool.put(key, sender, sec.clone());
+                return Ok((resp, sec));
+            }
+            Err(e) if e.is_canceled() || (req.idempotent() && e.is_incomplete_message()) => {
+                tracing::debug!(error = %e, "gateway: pooled connection was closing; using a new one");
+            }
+            Err(e) => return Err(AttemptError::Reset(e.to_string())),
+        }
+    }
+    let (io, sec) = upstream::connect_endpoint(
         &shared.tls,
         target,
+        (&addr, port),
         Alpn::Http11,
         false,
         shared.config.connect_timeout,
@@ -600,9 +643,10 @@ async fn attempt_once(
         }
     });
     let resp = sender
-        .send_request(req)
+        .send_request(req.build())
         .await
         .map_err(|e| AttemptError::Reset(e.to_string()))?;
+    shared.pool.put(key, sender, sec.clone());
     Ok((resp, sec))
 }
 

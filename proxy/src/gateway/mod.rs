@@ -19,6 +19,7 @@ pub mod hello;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod pool;
 pub mod table;
 pub mod upstream;
 
@@ -61,6 +62,8 @@ pub struct GatewayShared {
     pub http_metrics: metrics::HttpMetrics,
     /// Drain signal and in-flight count.
     pub drain: Drain,
+    /// Idle upstream HTTP connections.
+    pub pool: pool::HttpPool,
     /// Ports with a listener.
     bound: Mutex<BTreeSet<u16>>,
     /// Ports that could not be bound (port -> why).
@@ -79,6 +82,7 @@ impl GatewayShared {
             metrics: Metrics::new(),
             http_metrics: metrics::HttpMetrics::new(),
             drain: Drain::new(),
+            pool: pool::HttpPool::default(),
             bound: Mutex::new(BTreeSet::new()),
             bind_errors: Mutex::new(HashMap::new()),
             identity_status: Mutex::new("waiting for the gateway certificate".into()),
@@ -443,6 +447,16 @@ pub async fn run(shared: Arc<GatewayShared>, admin: AdminListeners) -> Result<us
     background.spawn(watch_config(shared.clone(), listeners.clone()));
     background.spawn(serve_admin(admin.stats, shared.clone(), true));
     background.spawn(serve_admin(admin.health, shared.clone(), false));
+    {
+        let shared = shared.clone();
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(pool::IDLE_TIMEOUT / 4);
+            loop {
+                tick.tick().await;
+                shared.pool.sweep();
+            }
+        });
+    }
     shared.drain.signaled().await;
     listeners.close_all().await;
     tracing::info!(

@@ -82,10 +82,30 @@ pub async fn connect(
     let (addr, port) = target
         .pick()
         .ok_or_else(|| UpstreamError::NoEndpoint(target.host.clone()))?;
+    connect_endpoint(
+        mesh,
+        target,
+        (&addr, port),
+        alpn,
+        raw,
+        connect_timeout,
+        handshake_timeout,
+    )
+    .await
+}
+
+/// Like [`connect`], to a given endpoint of `target` (`(address or host name, port)`).
+pub async fn connect_endpoint(
+    mesh: &TlsProvider,
+    target: &Target,
+    (addr, port): (&str, u16),
+    alpn: Alpn,
+    raw: bool,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+) -> Result<(Upstream, Security), UpstreamError> {
     let where_ = format!("{addr}:{port}");
-    let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect((addr.as_str(), port)))
-        .await
-    {
+    let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect((addr, port))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return Err(UpstreamError::Connect {
@@ -105,8 +125,10 @@ pub async fn connect(
         return Ok((Upstream::Plain(tcp), Security::None));
     }
     if target.is_mesh() {
-        let name = ServerName::try_from(target.host.clone())
-            .unwrap_or_else(|_| ServerName::try_from("mesh.invalid").expect("static name"));
+        // The session-cache key (mesh connections send no SNI): the service host.
+        let name = ServerName::try_from(target.host.clone()).unwrap_or(ServerName::IpAddress(
+            std::net::IpAddr::from([0, 0, 0, 0]).into(),
+        ));
         let r = tokio::time::timeout(
             handshake_timeout,
             mesh.connect_to(tcp, name, &target.identities, alpn),
