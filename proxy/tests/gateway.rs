@@ -1365,7 +1365,8 @@ async fn egress_passthrough_by_sni_under_registry_only() {
         .to_string();
     let yaml = format!(
         "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: egress, namespace: {NS}}}\n\
-         spec:\n  selector: {{istio: egressgateway}}\n  servers:\n  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: PASSTHROUGH}}\n"
+         spec:\n  selector: {{istio: egressgateway}}\n  servers:\n  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: PASSTHROUGH}}\n\
+         \x20 - port: {{number: 15443, name: tls-mesh, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: ISTIO_MUTUAL}}\n"
     );
     let se = service_entry(
         "ext",
@@ -1395,4 +1396,38 @@ async fn egress_passthrough_by_sni_under_registry_only() {
     );
     let o = curl_https("elsewhere.example.org", 443, ip(T, 5), "/e", &["-k"]).await;
     assert_ne!(o.code, 0, "{}", o.stdout);
+
+    // The app's own TLS through its sidecar: carried inside mesh mTLS to the ISTIO_MUTUAL TLS
+    // server, routed on the inner SNI, and still end to end (curl verifies the external
+    // server's certificate).
+    let vip: IpAddr = "10.248.0.1".parse().unwrap();
+    let to_egress = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: via-egress, namespace: {NS}}}\n\
+         spec:\n  hosts: [ext.example.org]\n  addresses: [{vip}]\n  ports: [{{number: 443, name: tls}}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n\
+         \x20 endpoints: [{{address: {}, serviceAccount: egress, ports: {{tls: 15443}}}}]\n",
+        ip(T, 5)
+    );
+    let _app = sidecar(
+        &mesh,
+        ip(T, 1),
+        "app",
+        None,
+        Some(SocketAddr::new(vip, 443)),
+        &[("se.yaml", to_egress)],
+    )
+    .await;
+    let o = curl_https(
+        "ext.example.org",
+        15001,
+        ip(T, 1),
+        "/via-mesh",
+        &["--cacert", &ca],
+    )
+    .await;
+    assert_eq!(
+        status_body(&o),
+        (200, "ext saw /via-mesh client_cert=no"),
+        "{}",
+        o.stderr
+    );
 }
