@@ -125,7 +125,7 @@ pub async fn handle(
                 sni: sni.clone(),
                 tls: true,
             };
-            carried(&shared, &table, &server, tls, conn).await;
+            carried(&shared, &table, &server, tls, conn, false).await;
         }
         ServerTls::IstioMutual => {
             let accept = shared.tls.accept(io);
@@ -154,24 +154,28 @@ pub async fn handle(
                 sni: sni.clone(),
                 tls: true,
             };
-            carried(&shared, &table, &server, tls, conn).await;
+            carried(&shared, &table, &server, tls, conn, true).await;
         }
     }
 }
 
-/// Serves what a terminated connection carries.
+/// Serves what a terminated connection carries. On a `TLS` port, a SIMPLE/MUTUAL server
+/// terminated the client's TLS (TCP routes follow); an ISTIO_MUTUAL one terminated the mesh
+/// mTLS, inside which the app's own TLS is routed on its SNI (`mesh`).
 async fn carried<IO>(
     shared: &Arc<GatewayShared>,
     table: &GatewayTable,
     server: &Arc<ServerEntry>,
     mut io: IO,
     conn: ConnInfo,
+    mesh: bool,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match server.carried {
         Carried::Http => http::serve(shared.clone(), io, conn).await,
         Carried::Tcp => tcp_routes(shared, table, server, io, &conn).await,
+        Carried::Tls if !mesh => tcp_routes(shared, table, server, io, &conn).await,
         Carried::Tls => {
             // TLS inside (e.g. a sidecar's mesh mTLS carrying the app's own TLS to the egress
             // gateway): route on the inner SNI, pass the bytes through.

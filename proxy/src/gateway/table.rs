@@ -289,6 +289,17 @@ pub enum RouteAction {
 }
 
 impl RouteAction {
+    /// A route with no usable destination: its traffic is refused.
+    pub fn refusing() -> Self {
+        RouteAction::Forward {
+            dests: Vec::new(),
+            total: 0,
+            wrr: std::sync::Mutex::new(Vec::new()),
+            timeout: None,
+            retry: RetryPolicy::ISTIO_DEFAULT,
+        }
+    }
+
     /// The destination for the next request: smooth weighted round robin (nginx's), so that
     /// weights 75/25 give exactly 3 of every 4 requests to the first, interleaved. A weight of
     /// 0 gets no traffic.
@@ -803,7 +814,7 @@ impl GatewayTable {
         };
         for (i, r) in vs.spec.http.iter().enumerate() {
             let field = format!("{vs_name} spec.http[{i}]");
-            match self.http_route(cfg, ns, r, g, server, &field) {
+            match self.http_route(cfg, ns, r, g, server, &field, &vs.source.to_string()) {
                 Ok(Some(entry)) => vh.http.push(entry),
                 Ok(None) => {}
                 Err(e) => self.problems.push(format!(
@@ -824,10 +835,13 @@ impl GatewayTable {
             let field = format!("{vs_name} spec.tls[{i}]");
             match self.forward(cfg, ns, &r.route, None, RetryPolicy::ISTIO_DEFAULT) {
                 Ok(a) => vh.tls.push((sni, a)),
-                Err(e) => self.problems.push(format!(
-                    "{}: {field}: {e}; the route is left out",
-                    vs.source
-                )),
+                Err(e) => {
+                    self.problems.push(format!(
+                        "{}: {field}: {e}; connections it matches are refused",
+                        vs.source
+                    ));
+                    vh.tls.push((sni, RouteAction::refusing()));
+                }
             }
         }
         for (i, r) in vs.spec.tcp.iter().enumerate() {
@@ -837,10 +851,13 @@ impl GatewayTable {
             let field = format!("{vs_name} spec.tcp[{i}]");
             match self.forward(cfg, ns, &r.route, None, RetryPolicy::ISTIO_DEFAULT) {
                 Ok(a) => vh.tcp.push(a),
-                Err(e) => self.problems.push(format!(
-                    "{}: {field}: {e}; the route is left out",
-                    vs.source
-                )),
+                Err(e) => {
+                    self.problems.push(format!(
+                        "{}: {field}: {e}; connections it matches are refused",
+                        vs.source
+                    ));
+                    vh.tcp.push(RouteAction::refusing());
+                }
             }
         }
         vh
@@ -854,6 +871,7 @@ impl GatewayTable {
         g: &Named<Gateway>,
         server: &ServerEntry,
         field: &str,
+        source: &str,
     ) -> Result<Option<HttpRouteEntry>, String> {
         let mut matches = Vec::new();
         for (j, m) in r.r#match.iter().enumerate() {
@@ -944,7 +962,17 @@ impl GatewayTable {
             if r.route.is_empty() {
                 return Err("neither route nor redirect is set".into());
             }
-            self.forward(cfg, ns, &r.route, timeout, retry)?
+            match self.forward(cfg, ns, &r.route, timeout, retry) {
+                Ok(a) => a,
+                Err(e) => {
+                    // Keep the route's matches, answering them 404: its requests must not
+                    // fall through to a later route.
+                    self.problems.push(format!(
+                        "{source}: {field}: {e}; its requests are answered 404"
+                    ));
+                    RouteAction::refusing()
+                }
+            }
         };
         Ok(Some(HttpRouteEntry {
             name: field.to_owned(),
@@ -1170,6 +1198,102 @@ pub fn allows_direct_routes(mode: GatewayMode) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn table(yaml: &str) -> GatewayTable {
+        let cfg = GatewayConfig::from_parts(
+            GatewayMode::Ingress,
+            std::path::Path::new("gw.yaml"),
+            "identity: {namespace: istio-system}\ncertificates: {staticDir: /c}\nconfig: {directory: /d}\n",
+            &|_| None,
+        )
+        .unwrap();
+        let report = warden_policy::parse_file(std::path::Path::new("cfg.yaml"), yaml);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let networking: Vec<NetworkingResource> = report
+            .others
+            .iter()
+            .filter_map(warden_policy::networking::interpret_networking)
+            .map(|p| p.result.unwrap())
+            .collect();
+        let labels = cfg.labels.clone();
+        let policy = warden_policy::PolicySet::new([], &Default::default()).compile_for(
+            &warden_policy::WorkloadRef {
+                namespace: "istio-system",
+                labels: &labels,
+            },
+        );
+        GatewayTable::build(&cfg, &networking, policy, 1, None)
+    }
+
+    const BASE: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: shop}\n\
+        spec:\n  selector: {istio: ingressgateway}\n  servers:\n\
+        \x20 - {port: {number: 8080, name: http, protocol: HTTP}, hosts: ['*.example.com']}\n\
+        \x20 - {port: {number: 8080, name: http2, protocol: HTTP}, hosts: [shop.example.com]}\n\
+        \x20 - {port: {number: 9443, name: tls, protocol: TLS}, hosts: [a.example.com], tls: {mode: PASSTHROUGH}}\n\
+        \x20 - {port: {number: 9443, name: plain, protocol: HTTP}, hosts: [b.example.com]}\n\
+        \x20 - {port: {number: 9444, name: nope, protocol: HTTPS}, hosts: [c.example.com]}\n\
+        ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: app, namespace: shop}\n\
+        spec: {hosts: [app.shop.svc.cluster.local], ports: [{number: 80, name: http}], location: MESH_INTERNAL,\n\
+        \x20 resolution: STATIC, endpoints: [{address: 10.0.0.1, serviceAccount: app}]}\n\
+        ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: shop}\n\
+        spec:\n  hosts: [shop.example.com]\n  gateways: [gw]\n  http:\n\
+        \x20 - {match: [{uri: {prefix: /a}}], route: [{destination: {host: missing}}]}\n\
+        \x20 - {route: [{destination: {host: app}}]}\n";
+
+    #[test]
+    fn servers_by_host_and_reported_problems() {
+        let t = table(BASE);
+        let p8080 = &t.ports[&8080];
+        assert_eq!(
+            p8080.server_for(Some("shop.example.com")).unwrap().name,
+            "Gateway shop/gw servers[1]"
+        );
+        assert_eq!(
+            p8080.server_for(Some("x.example.com")).unwrap().name,
+            "Gateway shop/gw servers[0]"
+        );
+        assert!(p8080.server_for(Some("example.org")).is_none());
+        // Mixed TLS and plaintext on one port, an HTTPS server without tls, a bad destination.
+        let all = t.problems.join("\n");
+        assert!(
+            all.contains("servers[3]: port 9443 mixes TLS and plaintext"),
+            "{all}"
+        );
+        assert!(
+            all.contains("servers[4]: tls: required for an HTTPS or TLS port"),
+            "{all}"
+        );
+        assert!(
+            all.contains("VirtualService shop/vs spec.http[0]: route[0].destination: host missing.shop.svc.cluster.local is not in the registry and has no destination.port; its requests are answered 404"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn a_route_with_a_bad_destination_does_not_fall_through() {
+        let t = table(BASE);
+        let server = t.ports[&8080].server_for(Some("shop.example.com")).unwrap();
+        let vh = server.vhost("shop.example.com").unwrap();
+        let h = http::HeaderMap::new();
+        let first = vh
+            .http
+            .iter()
+            .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches("/a/b", &h)))
+            .unwrap();
+        assert!(first.action.pick().is_none(), "refused, not routed");
+        let other = vh
+            .http
+            .iter()
+            .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches("/z", &h)))
+            .unwrap();
+        let target = other.action.pick().unwrap();
+        assert_eq!(target.host, "app.shop.svc.cluster.local");
+        assert!(target.is_mesh());
+        assert_eq!(
+            target.identities[0].as_str(),
+            "spiffe://cluster.local/ns/shop/sa/app"
+        );
+    }
 
     #[test]
     fn host_patterns() {
