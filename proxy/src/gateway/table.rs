@@ -790,7 +790,7 @@ impl GatewayTable {
             {
                 continue;
             }
-            let vh = self.vhost(cfg, vs, g, &entry, vs_hosts);
+            let vh = self.vhost(vs, g, &entry, vs_hosts);
             entry.vhosts.push(vh);
         }
         Ok(entry)
@@ -798,7 +798,6 @@ impl GatewayTable {
 
     fn vhost(
         &mut self,
-        cfg: &GatewayConfig,
         vs: &Named<VirtualService>,
         g: &Named<Gateway>,
         server: &ServerEntry,
@@ -814,7 +813,7 @@ impl GatewayTable {
         };
         for (i, r) in vs.spec.http.iter().enumerate() {
             let field = format!("{vs_name} spec.http[{i}]");
-            match self.http_route(cfg, ns, r, g, server, &field, &vs.source.to_string()) {
+            match self.http_route(ns, r, g, server, &field, &vs.source.to_string()) {
                 Ok(Some(entry)) => vh.http.push(entry),
                 Ok(None) => {}
                 Err(e) => self.problems.push(format!(
@@ -833,7 +832,7 @@ impl GatewayTable {
                 .flat_map(|m| m.sni_hosts.iter().map(|h| HostPattern::parse(h)))
                 .collect();
             let field = format!("{vs_name} spec.tls[{i}]");
-            match self.forward(cfg, ns, &r.route, None, RetryPolicy::ISTIO_DEFAULT) {
+            match self.forward(ns, &r.route, None, RetryPolicy::ISTIO_DEFAULT) {
                 Ok(a) => vh.tls.push((sni, a)),
                 Err(e) => {
                     self.problems.push(format!(
@@ -849,7 +848,7 @@ impl GatewayTable {
                 continue;
             }
             let field = format!("{vs_name} spec.tcp[{i}]");
-            match self.forward(cfg, ns, &r.route, None, RetryPolicy::ISTIO_DEFAULT) {
+            match self.forward(ns, &r.route, None, RetryPolicy::ISTIO_DEFAULT) {
                 Ok(a) => vh.tcp.push(a),
                 Err(e) => {
                     self.problems.push(format!(
@@ -865,7 +864,6 @@ impl GatewayTable {
 
     fn http_route(
         &mut self,
-        cfg: &GatewayConfig,
         ns: &str,
         r: &HttpRoute,
         g: &Named<Gateway>,
@@ -962,7 +960,7 @@ impl GatewayTable {
             if r.route.is_empty() {
                 return Err("neither route nor redirect is set".into());
             }
-            match self.forward(cfg, ns, &r.route, timeout, retry) {
+            match self.forward(ns, &r.route, timeout, retry) {
                 Ok(a) => a,
                 Err(e) => {
                     // Keep the route's matches, answering them 404: its requests must not
@@ -983,7 +981,6 @@ impl GatewayTable {
 
     fn forward(
         &mut self,
-        _cfg: &GatewayConfig,
         ns: &str,
         route: &[RouteDestination],
         timeout: Option<Duration>,
