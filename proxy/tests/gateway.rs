@@ -1431,3 +1431,69 @@ async fn egress_passthrough_by_sni_under_registry_only() {
         o.stderr
     );
 }
+
+/// Draining closes idle keep-alive connections (graceful shutdown) instead of waiting for the
+/// drain deadline; the run ends with nothing abandoned.
+#[tokio::test]
+async fn drain_closes_idle_keepalive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const T: u8 = 49;
+    let mesh = Mesh::new();
+    http_app(SocketAddr::new(ip(T, 9), 8080), "backend").await;
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: web, namespace: {NS}}}\n\
+         spec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 8080, name: http, protocol: HTTP}}\n    hosts: ['*']\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web, namespace: {NS}}}\n\
+         spec:\n  hosts: ['*']\n  gateways: [web]\n  http: [{{route: [{{destination: {{host: backend.example.com, port: {{number: 8080}}}}}}]}}]\n"
+    );
+    let se = service_entry(
+        "backend",
+        "backend.example.com",
+        8080,
+        "http",
+        "MESH_EXTERNAL",
+        ip(T, 9),
+        "",
+        8080,
+    );
+    let gw = gateway(
+        &mesh,
+        GatewayMode::Ingress,
+        ip(T, 1),
+        "ingress",
+        &[("gw.yaml", yaml), ("se.yaml", se)],
+        "drainDeadline: 60s\n",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect((ip(T, 1), 8080))
+        .await
+        .unwrap();
+    s.write_all(b"GET /k HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.ends_with("backend saw /k xff=127.0.0.1"), "{head}");
+    assert_eq!(gw.shared.drain.active(), 1);
+    gw.shared.drain.start();
+    // The idle keep-alive connection is closed by the gateway (well before the 60s deadline).
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes the idle connection")
+        .unwrap();
+    let abandoned = tokio::time::timeout(Duration::from_secs(10), gw._task)
+        .await
+        .expect("the run ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(abandoned, 0);
+    assert!(
+        get_text(SocketAddr::new(ip(T, 1), 15021), "/healthz/ready")
+            .await
+            .0
+            != 200
+    );
+}

@@ -67,19 +67,31 @@ fn full(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on `io` until the client closes.
+/// Serves HTTP/1.1 and HTTP/2 on `io` until the client closes. When the gateway drains, the
+/// connection is shut down gracefully: requests in flight finish, HTTP/1.1 answers carry
+/// `Connection: close` and HTTP/2 clients get a GOAWAY.
 pub async fn serve<IO>(shared: Arc<GatewayShared>, io: IO, conn: ConnInfo)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
+    let drain = shared.drain.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(&shared, &conn, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+    let connection = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        r = connection.as_mut() => r,
+        _ = drain.signaled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "gateway: HTTP connection ended with an error");
     }
 }
