@@ -1497,3 +1497,164 @@ async fn drain_closes_idle_keepalive_connections() {
             != 200
     );
 }
+
+/// A body of one data frame then trailers.
+struct WithTrailers {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl hyper::body::Body for WithTrailers {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        use hyper::body::Frame;
+        if let Some(d) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        std::task::Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+}
+
+/// An h2c (HTTP/2 prior knowledge) app answering `<name> saw <path> over <version>` with a
+/// `grpc-status: 0` trailer, as a gRPC server does.
+async fn h2_app(addr: SocketAddr, name: &'static str) {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<Incoming>| async move {
+                    let text = format!("{name} saw {} over {:?}", req.uri().path(), req.version());
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    Ok::<_, Infallible>(hyper::Response::new(WithTrailers {
+                        data: Some(Bytes::from(text)),
+                        trailers: Some(trailers),
+                    }))
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+            });
+        }
+    });
+}
+
+/// gRPC-style HTTP/2 through the ingress: an HTTP/2 client over TLS (ALPN h2) -> the gateway
+/// -> HTTP/2 over mesh mTLS (`istio-h2`) to the app's sidecar -> the h2c app; the response
+/// trailers come back.
+#[tokio::test]
+async fn ingress_http2_to_a_grpc_service_keeps_trailers() {
+    use http_body_util::BodyExt;
+    const T: u8 = 50;
+    let mesh = Mesh::new();
+    let app = SocketAddr::new(ip(T, 102), APP_PORT);
+    h2_app(app, "grpc-app").await;
+    let _pod = sidecar(&mesh, ip(T, 2), "app", Some(app), None, &[]).await;
+    let edge = Pki::new("edge CA");
+    let leaf = edge.leaf("api", &["api.example.com"], false);
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = write(&tmp.path().join("tls.crt"), &leaf.cert);
+    let key = write(&tmp.path().join("tls.key"), &leaf.key);
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: web, namespace: {NS}}}\n\
+         spec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 8443, name: https, protocol: HTTPS}}\n    hosts: [api.example.com]\n\
+         \x20   tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web, namespace: {NS}}}\n\
+         spec:\n  hosts: [api.example.com]\n  gateways: [web]\n  http: [{{route: [{{destination: {{host: grpc-app}}}}]}}]\n",
+        cert.display(),
+        key.display()
+    );
+    let se = service_entry(
+        "grpc-app",
+        &format!("grpc-app.{NS}.svc.cluster.local"),
+        APP_PORT,
+        "grpc",
+        "MESH_INTERNAL",
+        ip(T, 2),
+        "app",
+        15006,
+    );
+    let gw = gateway(
+        &mesh,
+        GatewayMode::Ingress,
+        ip(T, 1),
+        "ingress",
+        &[("gw.yaml", yaml), ("se.yaml", se)],
+        "",
+    )
+    .await;
+    assert!(gw.problems().is_empty(), "{:?}", gw.problems());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(edge.issuer.der().clone()).unwrap();
+    let mut cfg =
+        rustls::ClientConfig::builder_with_provider(warden_identity::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect((ip(T, 1), 8443))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("api.example.com").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri(format!("https://api.example.com/pkg.Service/Call{i}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        let body = collected.to_bytes();
+        assert_eq!(
+            body,
+            format!("grpc-app saw /pkg.Service/Call{i} over HTTP/2.0")
+        );
+        assert_eq!(
+            trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Some("0".to_owned()),
+            "trailers: {trailers:?}"
+        );
+    }
+    let (_, stats) = get_text(SocketAddr::new(ip(T, 1), 15020), "/stats/prometheus").await;
+    let line = metric_line(
+        &stats,
+        "istio_requests_total",
+        &[
+            "request_protocol=\"grpc\"",
+            "destination_principal=\"spiffe://cluster.local/ns/test/sa/app\"",
+        ],
+    )
+    .unwrap_or_else(|| panic!("{stats}"));
+    assert!(line.ends_with(" 3"), "{line}");
+}

@@ -22,7 +22,7 @@ use warden_policy::{ConnectionContext, HttpRequest, NoExtAuthz, PathNormalizatio
 
 use super::GatewayShared;
 use super::metrics::HttpLabels;
-use super::pool::PoolKey;
+use super::pool::{PoolKey, Sender};
 use super::table::{GatewayTable, RetryPolicy, RouteAction, ServerEntry, Target};
 use super::upstream::{self, Security, UpstreamError};
 use crate::config::OutboundTrafficPolicy;
@@ -623,10 +623,36 @@ async fn attempt_once(
         .pick()
         .ok_or_else(|| AttemptError::Upstream(UpstreamError::NoEndpoint(target.host.clone())))?;
     let key = PoolKey::new(target, (&addr, port));
+    let h2 = target.http2();
+    let build = || {
+        let mut r = req.build();
+        if h2 {
+            // HTTP/2 carries the authority in `:authority`, from an absolute URI.
+            let authority = r
+                .headers_mut()
+                .remove(header::HOST)
+                .and_then(|h| h.to_str().ok().map(str::to_owned))
+                .unwrap_or_else(|| target.host.clone());
+            let scheme = if target.origination.is_some() || target.is_mesh() {
+                "https"
+            } else {
+                "http"
+            };
+            let pq = r.uri().path_and_query().map_or("/", |p| p.as_str());
+            if let Ok(u) = format!("{scheme}://{authority}{pq}").parse::<Uri>() {
+                *r.uri_mut() = u;
+            }
+            *r.version_mut() = http::Version::HTTP_2;
+        }
+        r
+    };
     if let Some((mut sender, sec)) = shared.pool.take(&key) {
-        match sender.send_request(req.build()).await {
+        let is_h1 = matches!(sender, Sender::H1(_));
+        match sender.send(build()).await {
             Ok(resp) => {
-                shared.pool.put(key, sender, sec.clone());
+                if is_h1 {
+                    shared.pool.put(key, sender, sec.clone());
+                }
                 return Ok((resp, sec));
             }
             Err(e) if e.is_canceled() || (req.idempotent() && e.is_incomplete_message()) => {
@@ -639,26 +665,49 @@ async fn attempt_once(
         &shared.tls,
         target,
         (&addr, port),
-        Alpn::Http11,
+        if h2 { Alpn::Http2 } else { Alpn::Http11 },
         false,
         shared.config.connect_timeout,
         shared.config.handshake_timeout,
     )
     .await
     .map_err(AttemptError::Upstream)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| AttemptError::Reset(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "gateway: upstream connection ended with an error");
+    let mut sender = if h2 {
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .map_err(|e| AttemptError::Reset(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "gateway: upstream HTTP/2 connection ended with an error");
+            }
+        });
+        let sender = Sender::H2(sender);
+        // Shared from the start: concurrent requests multiplex on it.
+        if let Sender::H2(s) = &sender {
+            shared
+                .pool
+                .put(key.clone(), Sender::H2(s.clone()), sec.clone());
         }
-    });
+        sender
+    } else {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| AttemptError::Reset(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "gateway: upstream connection ended with an error");
+            }
+        });
+        Sender::H1(sender)
+    };
     let resp = sender
-        .send_request(req.build())
+        .send(build())
         .await
         .map_err(|e| AttemptError::Reset(e.to_string()))?;
-    shared.pool.put(key, sender, sec.clone());
+    if matches!(sender, Sender::H1(_)) {
+        shared.pool.put(key, sender, sec.clone());
+    }
     Ok((resp, sec))
 }
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::http1::SendRequest;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 
 use super::table::Target;
 use super::upstream::Security;
@@ -50,8 +51,43 @@ impl PoolKey {
     }
 }
 
+/// A client connection: HTTP/1.1 (one request at a time) or HTTP/2 (multiplexed, shared).
+pub enum Sender {
+    /// HTTP/1.1.
+    H1(http1::SendRequest<Full<Bytes>>),
+    /// HTTP/2.
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+
+    /// Sends a request.
+    pub async fn send(
+        &mut self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
 struct Idle {
-    sender: SendRequest<Full<Bytes>>,
+    sender: Sender,
     security: Security,
     since: Instant,
 }
@@ -71,20 +107,27 @@ impl std::fmt::Debug for HttpPool {
 }
 
 impl HttpPool {
-    /// An idle connection for `key` that is ready for a request.
-    pub fn take(&self, key: &PoolKey) -> Option<(SendRequest<Full<Bytes>>, Security)> {
+    /// A connection for `key` that is ready for a request: an idle HTTP/1.1 one (taken out),
+    /// or a shared HTTP/2 one (a clone; it stays in the pool).
+    pub fn take(&self, key: &PoolKey) -> Option<(Sender, Security)> {
         let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = map.get_mut(key)?;
         list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT);
         // A connection still streaming its last response body is not ready: leave it.
         let i = list.iter().rposition(|c| c.sender.is_ready())?;
+        if let Sender::H2(s) = &list[i].sender {
+            let shared = Sender::H2(s.clone());
+            list[i].since = Instant::now();
+            return Some((shared, list[i].security.clone()));
+        }
         let c = list.swap_remove(i);
         Some((c.sender, c.security))
     }
 
-    /// Returns a connection after its request was answered (it becomes ready again once the
-    /// response body has been read).
-    pub fn put(&self, key: PoolKey, sender: SendRequest<Full<Bytes>>, security: Security) {
+    /// Returns an HTTP/1.1 connection after its request was answered (it becomes ready again
+    /// once the response body has been read), or adds a new HTTP/2 connection (call once per
+    /// HTTP/2 connection: clones taken from the pool are not put back).
+    pub fn put(&self, key: PoolKey, sender: Sender, security: Security) {
         if sender.is_closed() {
             return;
         }

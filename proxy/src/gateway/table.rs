@@ -192,8 +192,10 @@ impl RetryPolicy {
 pub struct Origination {
     /// `SIMPLE` or `MUTUAL`.
     pub mode: ClientTlsMode,
-    /// The client config (verifier, client certificate).
+    /// The client config (verifier, client certificate), offering ALPN `http/1.1`.
     pub config: Arc<ClientConfig>,
+    /// The same, offering ALPN `h2` (HTTP/2 and gRPC destinations).
+    pub config_h2: Arc<ClientConfig>,
     /// `sni`; the destination host when empty.
     pub sni: Option<String>,
     /// The DestinationRule (`namespace/name`).
@@ -219,6 +221,16 @@ pub struct Target {
 }
 
 impl Target {
+    /// Whether requests go upstream as HTTP/2 (the service port is `HTTP2` or `GRPC`).
+    pub fn http2(&self) -> bool {
+        self.service.as_ref().is_some_and(|s| {
+            matches!(
+                s.protocol,
+                warden_policy::registry::Protocol::Http2 | warden_policy::registry::Protocol::Grpc
+            )
+        })
+    }
+
     /// Whether traffic goes over mesh mTLS (a `MESH_INTERNAL` service).
     pub fn is_mesh(&self) -> bool {
         self.service.as_ref().is_some_and(|s| s.mesh_internal)
@@ -627,6 +639,11 @@ impl GatewayTable {
                     host,
                     Arc::new(Origination {
                         mode: tls.mode,
+                        config_h2: {
+                            let mut c = (*config).clone();
+                            c.alpn_protocols = vec![b"h2".to_vec()];
+                            Arc::new(c)
+                        },
                         config,
                         sni: (!tls.sni.is_empty()).then(|| tls.sni.clone()),
                         rule: name,

@@ -158,7 +158,12 @@ pub async fn connect_endpoint(
         })?;
         let r = tokio::time::timeout(
             handshake_timeout,
-            tokio_rustls::TlsConnector::from(o.config.clone()).connect(name, tcp),
+            tokio_rustls::TlsConnector::from(if alpn == Alpn::Http2 {
+                o.config_h2.clone()
+            } else {
+                o.config.clone()
+            })
+            .connect(name, tcp),
         )
         .await;
         return match r {
