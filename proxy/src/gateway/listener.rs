@@ -80,7 +80,14 @@ pub async fn handle(
     };
     let io = Prefixed::new(buf, stream);
     match &server.tls {
-        ServerTls::None => {}
+        // The table never mixes plaintext and TLS servers on one port.
+        ServerTls::None => refused(
+            &shared,
+            peer,
+            local,
+            sni.as_deref(),
+            "TLS to a plaintext server",
+        ),
         ServerTls::Passthrough => {
             let conn = ConnInfo {
                 peer,
