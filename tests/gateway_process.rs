@@ -362,3 +362,105 @@ fn gateway_config_errors_name_the_field() {
         "{err}"
     );
 }
+
+/// The gateway's own certificate from the mesh CA (`warden control`) through the embedded
+/// agent: no static certificate directory, `CA_ADDR` and a service-account token instead.
+/// Readiness turns 200 only once the agent holds a certificate.
+#[test]
+fn gateway_identity_from_the_ca_agent() {
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let state = d.join("state");
+    let token = Command::new(BIN)
+        .args(["control", "token", "--state-dir"])
+        .arg(&state)
+        .args(["--namespace", "demo", "--service-account", "ingress"])
+        .output()
+        .unwrap();
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    write(
+        &d.join("token"),
+        String::from_utf8_lossy(&token.stdout).trim(),
+    );
+
+    let mut control = Command::new(BIN)
+        .args(["--log-format", "json", "control", "--state-dir"])
+        .arg(&state)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("WARDEN_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = control.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let control = Proc {
+        child: control,
+        log: Arc::new(Mutex::new(String::new())),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("warden control logs where it listens");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(a) = v["fields"]["addr"].as_str() {
+            break a.to_owned();
+        }
+    };
+
+    std::fs::create_dir_all(d.join("config")).unwrap();
+    write(
+        &d.join("gw.yaml"),
+        &format!(
+            "identity: {{namespace: demo, serviceAccount: ingress}}\nconfig: {{directory: {}}}\n\
+             reloadInterval: 100ms\nbindAddress: 127.0.32.1\n",
+            d.join("config").display()
+        ),
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(["gateway", "--mode", "ingress", "-c"])
+        .arg(d.join("gw.yaml"))
+        .env("CA_ADDR", &addr)
+        .env("CA_SERVER_NAME", "127.0.0.1")
+        .env("WARDEN_ROOT_CERT", state.join("root-cert.pem"))
+        .env("WARDEN_TOKEN_FILE", d.join("token"))
+        .env("WARDEN_CRL_URL", "none")
+        .env_remove("WARDEN_CERT_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let gw = Proc { child, log };
+    wait_ready("127.0.32.1", &gw);
+    // The certificate came from the CA (the install is logged with its identity).
+    let log = gw.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("installed workload TLS credentials")
+                && l.contains("spiffe://cluster.local/ns/demo/sa/ingress")),
+        "{log}"
+    );
+    drop(control);
+}

@@ -159,7 +159,16 @@ pub fn start_identity(shared: &GatewayShared) -> Result<IdentityHandle, String> 
             Ok(StaticSource::start(c, shared.tls.clone()))
         }
         GatewayCertSource::CaAgent => {
-            let c = AgentConfig::from_env().map_err(|e| e.to_string())?;
+            // The identity is the gateway's (file or environment, already merged); the rest of
+            // the agent's settings come from the environment.
+            let cfg = &shared.config;
+            let c = AgentConfig::from_lookup(|k| match k {
+                "POD_NAMESPACE" => Some(cfg.namespace.clone()),
+                "SERVICE_ACCOUNT" => Some(cfg.service_account.clone()),
+                "TRUST_DOMAIN" => Some(cfg.trust_domain.as_str().to_owned()),
+                _ => std::env::var(k).ok(),
+            })
+            .map_err(|e| e.to_string())?;
             CaAgent::start(c, shared.tls.clone()).map_err(|e| e.to_string())
         }
     }
