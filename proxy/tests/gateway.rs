@@ -1232,6 +1232,22 @@ async fn weighted_routes_split_by_weight() {
     }
     assert_eq!(counts.get("v1"), Some(&15), "{counts:?}");
     assert_eq!(counts.get("v2"), Some(&5), "{counts:?}");
+    // Response sizes: 15 answers of 23 bytes ("v1 saw /w xff=127.0.0.1") for v1.
+    let (_, stats) = get_text(SocketAddr::new(ip(T, 1), 15020), "/stats/prometheus").await;
+    let sum = metric_line(
+        &stats,
+        "istio_response_bytes_sum",
+        &["destination_service=\"v1.example.com\""],
+    )
+    .unwrap_or_else(|| panic!("{stats}"));
+    assert!(sum.ends_with(" 345"), "{sum}");
+    let count = metric_line(
+        &stats,
+        "istio_request_bytes_count",
+        &["destination_service=\"v2.example.com\""],
+    )
+    .unwrap_or_else(|| panic!("{stats}"));
+    assert!(count.ends_with(" 5"), "{count}");
 }
 
 /// An app whose answers depend on the path and on how often the path was asked:

@@ -79,7 +79,7 @@ where
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, &conn, req).await) }
+        async move { Ok::<_, Infallible>(handle(shared, &conn, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection(TokioIo::new(io), svc);
@@ -148,6 +148,8 @@ pub fn remote_ip(headers: &http::HeaderMap, trusted: usize, peer: IpAddr) -> IpA
 }
 
 struct Outcome {
+    /// The request body size, when it was read.
+    request_bytes: Option<u64>,
     service: String,
     principal: Option<String>,
     mtls: bool,
@@ -158,6 +160,7 @@ struct Outcome {
 impl Outcome {
     fn new(flags: &'static str, detail: impl Into<String>) -> Self {
         Outcome {
+            request_bytes: None,
             service: "unknown".into(),
             principal: None,
             mtls: false,
@@ -167,7 +170,11 @@ impl Outcome {
     }
 }
 
-async fn handle(shared: &GatewayShared, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    shared: Arc<GatewayShared>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req
@@ -180,7 +187,13 @@ async fn handle(shared: &GatewayShared, conn: &ConnInfo, req: Request<Incoming>)
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let (resp, outcome) = route(shared, conn, req, &host, host_port).await;
+    let request_bytes = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let (resp, outcome) = route(&shared, conn, req, &host, host_port).await;
     let code = resp.status().as_u16();
     let labels = HttpLabels {
         source_principal: shared.config.spiffe_id().as_str().to_owned(),
@@ -202,7 +215,6 @@ async fn handle(shared: &GatewayShared, conn: &ConnInfo, req: Request<Incoming>)
         response_flags: outcome.flags,
         mutual_tls: outcome.mtls,
     };
-    shared.http_metrics.record(labels, start.elapsed());
     tracing::info!(
         target: ACCESS_LOG_TARGET,
         gateway = shared.config.mode.as_str(),
@@ -219,7 +231,74 @@ async fn handle(shared: &GatewayShared, conn: &ConnInfo, req: Request<Incoming>)
         duration_ms = start.elapsed().as_millis() as u64,
         "request"
     );
-    resp
+    // The request is counted when the response body ends (or the client goes away), with the
+    // duration until then and the bytes sent, as Envoy does.
+    let request_bytes = outcome.request_bytes.unwrap_or(request_bytes);
+    let (parts, body) = resp.into_parts();
+    let counted = CountingBody {
+        inner: body,
+        bytes: 0,
+        done: Some(Box::new(move |response_bytes| {
+            shared
+                .http_metrics
+                .record(labels, start.elapsed(), request_bytes, response_bytes);
+        })),
+    };
+    Response::from_parts(parts, counted.boxed())
+}
+
+type OnDone = Box<dyn FnOnce(u64) + Send + Sync>;
+
+/// A response body that counts its data bytes and reports them once, at its end or when
+/// dropped (the client went away).
+struct CountingBody {
+    inner: Body,
+    bytes: u64,
+    done: Option<OnDone>,
+}
+
+impl hyper::body::Body for CountingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            std::task::Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            std::task::Poll::Ready(None) => self.finish(),
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl CountingBody {
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.bytes);
+        }
+    }
+}
+
+impl Drop for CountingBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 async fn route(
@@ -495,6 +574,7 @@ async fn forward(
         let overall_expired = deadline.is_some_and(|d| Instant::now() >= d);
         let may_retry = attempt < retry.attempts && !overall_expired;
         let mut out = Outcome::new("-", String::new());
+        out.request_bytes = Some(up.body.len() as u64);
         out.service = target.host.clone();
         out.mtls = target.is_mesh();
         match result {

@@ -40,11 +40,54 @@ const BUCKETS: [u64; 17] = [
     1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000,
 ];
 
+/// Size histogram buckets (bytes), Istio's defaults.
+const BYTE_BUCKETS: [u64; 10] = [
+    1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000,
+];
+
+#[derive(Debug)]
+struct Histogram<const N: usize> {
+    buckets: [AtomicU64; N],
+    sum: AtomicU64,
+}
+
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    fn observe(&self, bounds: &[u64; N], v: u64) {
+        self.sum.fetch_add(v, Ordering::Relaxed);
+        for (i, b) in bounds.iter().enumerate() {
+            if v <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str, bounds: &[u64; N], count: u64) {
+        for (i, b) in bounds.iter().enumerate() {
+            let c = self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
 #[derive(Debug, Default)]
 struct Series {
     requests: AtomicU64,
-    buckets: [AtomicU64; BUCKETS.len()],
-    sum_ms: AtomicU64,
+    duration: Histogram<17>,
+    request_bytes: Histogram<10>,
+    response_bytes: Histogram<10>,
 }
 
 /// The request metrics of one gateway.
@@ -59,20 +102,24 @@ impl HttpMetrics {
         Self::default()
     }
 
-    /// Records one finished request.
-    pub fn record(&self, labels: HttpLabels, duration: Duration) {
+    /// Records one finished request: its duration (until the response body ended) and the
+    /// request and response body sizes.
+    pub fn record(
+        &self,
+        labels: HttpLabels,
+        duration: Duration,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
         let s = {
             let mut map = self.series.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(Arc::new(labels)).or_default().clone()
         };
         let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         s.requests.fetch_add(1, Ordering::Relaxed);
-        s.sum_ms.fetch_add(ms, Ordering::Relaxed);
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if ms <= *b {
-                s.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        s.duration.observe(&BUCKETS, ms);
+        s.request_bytes.observe(&BYTE_BUCKETS, request_bytes);
+        s.response_bytes.observe(&BYTE_BUCKETS, response_bytes);
     }
 
     /// Adds the request samples to `base` (the text of [`crate::metrics::Metrics::render`]),
@@ -87,51 +134,62 @@ impl HttpMetrics {
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         let mut requests = String::new();
         let mut durations = String::new();
+        let mut req_sizes = String::new();
+        let mut resp_sizes = String::new();
         for (labels, s) in &rows {
             let n = s.requests.load(Ordering::Relaxed);
             let _ = writeln!(requests, "istio_requests_total{{{labels}}} {n}");
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let c = s.buckets[i].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    durations,
-                    "istio_request_duration_milliseconds_bucket{{{labels},le=\"{b}\"}} {c}"
-                );
-            }
-            let _ = writeln!(
-                durations,
-                "istio_request_duration_milliseconds_bucket{{{labels},le=\"+Inf\"}} {n}"
+            s.duration.render(
+                &mut durations,
+                "istio_request_duration_milliseconds",
+                labels,
+                &BUCKETS,
+                n,
             );
-            let sum = s.sum_ms.load(Ordering::Relaxed);
-            let _ = writeln!(
-                durations,
-                "istio_request_duration_milliseconds_sum{{{labels}}} {sum}"
+            s.request_bytes.render(
+                &mut req_sizes,
+                "istio_request_bytes",
+                labels,
+                &BYTE_BUCKETS,
+                n,
             );
-            let _ = writeln!(
-                durations,
-                "istio_request_duration_milliseconds_count{{{labels}}} {n}"
+            s.response_bytes.render(
+                &mut resp_sizes,
+                "istio_response_bytes",
+                labels,
+                &BYTE_BUCKETS,
+                n,
             );
         }
-        let mut out = String::with_capacity(base.len() + requests.len() + durations.len() + 128);
-        let mut put_requests = false;
-        let mut put_durations = false;
+        let families = [
+            ("istio_requests_total", "counter", requests),
+            (
+                "istio_request_duration_milliseconds",
+                "histogram",
+                durations,
+            ),
+            ("istio_request_bytes", "histogram", req_sizes),
+            ("istio_response_bytes", "histogram", resp_sizes),
+        ];
+        let mut out = String::with_capacity(
+            base.len() + families.iter().map(|f| f.2.len()).sum::<usize>() + 256,
+        );
+        let mut placed = [false; 4];
         for line in base.lines() {
             out.push_str(line);
             out.push('\n');
-            if line == "# TYPE istio_requests_total counter" {
-                out.push_str(&requests);
-                put_requests = true;
-            } else if line == "# TYPE istio_request_duration_milliseconds histogram" {
-                out.push_str(&durations);
-                put_durations = true;
+            for (i, (name, kind, samples)) in families.iter().enumerate() {
+                if line.strip_prefix("# TYPE ") == Some(&format!("{name} {kind}")) {
+                    out.push_str(samples);
+                    placed[i] = true;
+                }
             }
         }
-        if !put_requests && !requests.is_empty() {
-            out.push_str("# TYPE istio_requests_total counter\n");
-            out.push_str(&requests);
-        }
-        if !put_durations && !durations.is_empty() {
-            out.push_str("# TYPE istio_request_duration_milliseconds histogram\n");
-            out.push_str(&durations);
+        for (i, (name, kind, samples)) in families.iter().enumerate() {
+            if !placed[i] && !samples.is_empty() {
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                out.push_str(samples);
+            }
         }
         out
     }
@@ -198,8 +256,8 @@ mod tests {
             response_flags: "-",
             mutual_tls: true,
         };
-        m.record(labels.clone(), Duration::from_millis(7));
-        m.record(labels, Duration::from_millis(70));
+        m.record(labels.clone(), Duration::from_millis(7), 0, 5);
+        m.record(labels, Duration::from_millis(70), 20, 500);
         let base = crate::metrics::Metrics::new().render();
         let text = m.render_into(&base);
         assert_eq!(
