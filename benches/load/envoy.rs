@@ -112,9 +112,12 @@ fn admin(addr: SocketAddr) -> String {
     )
 }
 
+/// Certificates and TLS versions: Istio sets TLS 1.2 to 1.3 on both sides (Envoy's upstream
+/// default stops at 1.2, which a Warden server refuses by default).
 fn common_tls(tls: &TlsFiles, indent: &str) -> String {
     format!(
-        "{i}tls_certificates:\n\
+        "{i}tls_params: {{tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3}}\n\
+         {i}tls_certificates:\n\
          {i}- certificate_chain: {{filename: \"{}\"}}\n\
          {i}  private_key: {{filename: \"{}\"}}\n",
         tls.chain.display(),
