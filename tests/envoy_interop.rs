@@ -265,6 +265,8 @@ impl Mesh {
         p
     }
 
+    /// An Envoy client sidecar for `sa` on `ip`, to the server sidecar at `peer`, which must
+    /// present `peer_sa`'s identity.
     fn envoy_client(
         &self,
         name: &str,
@@ -273,8 +275,12 @@ impl Mesh {
         peer: SocketAddr,
         peer_sa: &str,
         proto: Proto,
-        port: u16,
     ) -> Proc {
+        let port = if proto == Proto::Tcp {
+            TCP_PORT
+        } else {
+            HTTP_PORT
+        };
         let c = ClientSide {
             listen: SocketAddr::new(IpAddr::V4(ip), 15001),
             peer,
@@ -432,7 +438,6 @@ fn warden_and_envoy_sidecars_interoperate() {
         sock(ip(6), 15006),
         "server",
         Proto::Http1,
-        HTTP_PORT,
     );
     let _eo = mesh.envoy_client(
         "envoy-other",
@@ -441,7 +446,6 @@ fn warden_and_envoy_sidecars_interoperate() {
         sock(ip(6), 15006),
         "server",
         Proto::Http1,
-        HTTP_PORT,
     );
     let _ew = mesh.envoy_client(
         "envoy-wrong-san",
@@ -450,7 +454,6 @@ fn warden_and_envoy_sidecars_interoperate() {
         sock(ip(6), 15006),
         "not-server",
         Proto::Http1,
-        HTTP_PORT,
     );
     let (status, body) =
         get(sock(ip(5), 15001), "/hello").expect("response via Envoy client -> Warden server");
@@ -481,7 +484,6 @@ fn warden_and_envoy_sidecars_interoperate() {
         sock(ip(13), 15006),
         "server",
         Proto::Tcp,
-        TCP_PORT,
     );
     let _eot = mesh.envoy_client(
         "envoy-other-tcp",
@@ -490,7 +492,6 @@ fn warden_and_envoy_sidecars_interoperate() {
         sock(ip(13), 15006),
         "server",
         Proto::Tcp,
-        TCP_PORT,
     );
     assert_eq!(
         echo(sock(ip(14), 15001), b"tcp through envoy").expect("TCP echo via Envoy -> Warden"),

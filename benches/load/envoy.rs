@@ -99,6 +99,10 @@ pub fn istio_client_alpn(proto: Proto) -> &'static [&'static str] {
     }
 }
 
+/// Istio's cluster limits: effectively none (Envoy's defaults stop at 1,024 connections and
+/// requests per cluster).
+const CIRCUIT_BREAKERS: &str = "    circuit_breakers: {thresholds: [{max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295}]}\n";
+
 fn yaml_list(items: &[&str]) -> String {
     let quoted: Vec<String> = items.iter().map(|s| format!("\"{s}\"")).collect();
     format!("[{}]", quoted.join(", "))
@@ -178,6 +182,7 @@ pub fn client_config(c: &ClientSide) -> String {
         _ => y.push_str(&hcm("outbound_http", "outbound", "", "")),
     }
     y.push_str("  clusters:\n  - name: outbound\n    type: STATIC\n    connect_timeout: 10s\n");
+    y.push_str(CIRCUIT_BREAKERS);
     y.push_str(http_protocol_options(c.proto));
     let _ = write!(
         y,
@@ -302,7 +307,7 @@ pub fn server_config(s: &ServerSide) -> String {
     ] {
         let _ = write!(
             y,
-            "  - name: {name}\n    type: STATIC\n    connect_timeout: 10s\n{opts}{bind}\
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 10s\n{CIRCUIT_BREAKERS}{opts}{bind}\
              \x20   load_assignment:\n\
              \x20     cluster_name: {name}\n\
              \x20     endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: \"{}\", port_value: {}}}}}}}}}]}}]\n",
@@ -330,7 +335,15 @@ pub fn command(envoy: &Path, config: &Path, concurrency: usize) -> Command {
 /// The error says why it could not (for a `skipped:` line).
 pub fn ensure_envoy(tools: &Path) -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("ENVOY_BIN") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        return if works(&p) {
+            Ok(p)
+        } else {
+            Err(format!(
+                "ENVOY_BIN={} does not run `--version`",
+                p.display()
+            ))
+        };
     }
     let venv = tools.join("envoy-venv");
     let bin = venv.join("bin").join("envoy");

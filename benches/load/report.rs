@@ -220,7 +220,7 @@ pub fn markdown(rep: &Report) -> String {
                         .and_then(|r| r.http.as_ref());
                     Some(match base {
                         Some(b) if s.system != System::Direct => {
-                            format!("{v:.3} (+{:.3})", v - b.latency_ms[i])
+                            format!("{v:.3} ({:+.3})", v - b.latency_ms[i])
                         }
                         _ => format!("{v:.3}"),
                     })
@@ -315,7 +315,7 @@ pub fn markdown(rep: &Report) -> String {
         }))
         .collect();
     if !failures.is_empty() {
-        md.push_str("\n");
+        md.push('\n');
         md.push_str(&failures.join("\n"));
         md.push('\n');
     }
@@ -381,6 +381,11 @@ fn plot_latency(rep: &Report, path: &Path) -> PlotResult {
         .flat_map(|(_, v)| v.iter().copied())
         .filter(|v| v.is_finite())
         .fold(0.1f64, f64::max);
+    let min = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold(max, f64::min);
     let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -391,7 +396,7 @@ fn plot_latency(rep: &Report, path: &Path) -> PlotResult {
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(56)
-        .build_cartesian_2d(0f64..3.2f64, 0f64..max * 1.15)?;
+        .build_cartesian_2d(0f64..3.2f64, (min * 0.8..max * 1.5).log_scale())?;
     let labels = ["p50", "p90", "p99", "p99.9"];
     chart
         .configure_mesh()
@@ -402,7 +407,7 @@ fn plot_latency(rep: &Report, path: &Path) -> PlotResult {
                 .map(|s| s.to_string())
                 .unwrap_or_default()
         })
-        .y_desc("ms")
+        .y_desc("ms (log scale)")
         .draw()?;
     for (sys, v) in &series {
         let c = color(*sys);
