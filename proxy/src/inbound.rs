@@ -97,15 +97,14 @@ pub async fn handle(
             Ok(Ok((tls_stream, peer_id, alpn))) => {
                 let principal = peer_id.as_str().to_owned();
                 if !declared_tcp && alpn.is_some_and(is_http_alpn) {
-                    crate::http::serve(
-                        shared.clone(),
-                        policy,
-                        tls_stream,
-                        peer,
-                        dst,
-                        Some(principal.into()),
-                    )
-                    .await;
+                    let leaf = tls_stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first());
+                    let peer_tls =
+                        crate::http::PeerTls::new(&shared, &principal, leaf.map(|c| c.as_ref()));
+                    crate::http::serve(shared.clone(), tls_stream, peer, dst, Some(peer_tls)).await;
                 } else {
                     serve(
                         &shared,
@@ -129,7 +128,7 @@ pub async fn handle(
             }
         }
     } else if !declared_tcp && matches!(detected, Detected::Http1 | Detected::Http2) {
-        crate::http::serve(shared.clone(), policy, stream, peer, dst, None).await;
+        crate::http::serve(shared.clone(), stream, peer, dst, None).await;
     } else {
         serve(&shared, &policy.compiled, stream, peer, dst, None, start).await;
     }

@@ -51,8 +51,8 @@ pub struct Shared {
     pub log_control: Option<LogControl>,
     /// The last certificate load problem, for readiness.
     pub cert_problem: Mutex<Option<String>>,
-    /// Pooled HTTP clients to the app (L7 inbound).
-    pub app_clients: crate::http::AppClients,
+    /// The L7 state: pooled clients to the app and to peer sidecars, JWT, ext_authz.
+    pub l7: crate::http::L7,
     /// The installed chain, described for `/certs`.
     pub chain: Mutex<Vec<serde_json::Value>>,
 }
@@ -65,10 +65,9 @@ impl Shared {
         orig_dst: Arc<dyn OriginalDst>,
         log_control: Option<LogControl>,
     ) -> Self {
-        let app_clients =
-            crate::http::AppClients::new(config.inbound.source_address, config.connect_timeout);
+        let l7 = crate::http::L7::new(&config);
         Self {
-            app_clients,
+            l7,
             config,
             tls,
             policy: ArcSwapOption::empty(),
