@@ -165,7 +165,7 @@ fn sidecars_as_processes() {
     std::fs::write(
         d.join("a-config/services.yaml"),
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: echo, namespace: demo}\n\
-         spec:\n  hosts: [echo.demo.svc.cluster.local]\n  addresses: [127.0.30.200]\n  ports: [{number: 7000, name: tcp}]\n\
+         spec:\n  hosts: [echo.demo.svc.cluster.local]\n  addresses: [127.0.30.200]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 7000, name: tcp}]\n\
          \x20 endpoints: [{address: 127.0.30.2, serviceAccount: server, ports: {tcp: 15006}}]\n",
     )
     .unwrap();

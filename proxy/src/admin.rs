@@ -146,7 +146,7 @@ fn config_dump(shared: &Shared) -> serde_json::Value {
         "ready": shared.readiness().err().unwrap_or_else(|| "ready".into()),
         "outbound_traffic_policy": c.outbound_traffic_policy,
         "policy": policy,
-        "registry": shared.registry.load().0.dump(),
+        "registry": shared.registry.load().dump(),
         "active_connections": shared.drain.active(),
     })
 }

@@ -172,9 +172,8 @@ async fn serve<S>(
     let service = shared
         .registry
         .load()
-        .0
         .lookup(dst)
-        .map(|s| s.hostname.clone())
+        .map(|s| s.hostname().to_owned())
         .unwrap_or_else(|| "unknown".to_owned());
     let source_ns = principal
         .as_deref()

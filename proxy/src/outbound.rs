@@ -6,12 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
-use warden_identity::tls::Alpn;
 
 use crate::config::OutboundTrafficPolicy;
 use crate::l4;
 use crate::metrics::{Reporter, TcpLabels};
-use crate::registry::AppProtocol;
 use crate::state::Shared;
 
 /// Handles one accepted outbound connection to completion.
@@ -35,7 +33,7 @@ pub async fn handle(
         access(peer, Some(dst), "-", "-", "loop to own port", 0, 0, start);
         return;
     }
-    let service = shared.registry.load().0.lookup(dst);
+    let service = shared.registry.load().lookup(dst);
     let id = &shared.config.identity;
     let mut labels = TcpLabels {
         reporter: Reporter::Source,
@@ -47,14 +45,14 @@ pub async fn handle(
         destination_workload_namespace: "unknown".into(),
         destination_service: service
             .as_ref()
-            .map(|s| s.hostname.clone())
+            .map(|s| s.hostname().to_owned())
             .unwrap_or_else(|| dst.ip().to_string()),
         mutual_tls: false,
         response_flags: "-",
     };
     let connect_timeout = shared.config.connect_timeout;
     match service {
-        Some(svc) if svc.mesh => {
+        Some(svc) if svc.is_mesh() => {
             let endpoint = svc.pick_endpoint(dst);
             labels.mutual_tls = true;
             labels.source_principal = id.spiffe_id().as_str().to_owned();
@@ -72,9 +70,7 @@ pub async fn handle(
             let _ = tcp.set_nodelay(true);
             let tls = tokio::time::timeout(
                 shared.config.inbound.handshake_timeout,
-                shared
-                    .tls
-                    .connect(tcp, &svc.identities, alpn_for(svc.protocol)),
+                shared.tls.connect(tcp, svc.identities(), svc.alpn()),
             )
             .await;
             let (upstream, server_id) = match tls {
@@ -152,15 +148,6 @@ pub async fn handle(
             let (tx, rx) = r.as_ref().map(|r| *r).unwrap_or((0, 0));
             access(peer, Some(dst), "-", "none", "passthrough", tx, rx, start);
         }
-    }
-}
-
-/// The ALPN set a client sidecar offers for a service protocol (reference §5).
-fn alpn_for(p: AppProtocol) -> Alpn {
-    match p {
-        AppProtocol::Http => Alpn::Http11,
-        AppProtocol::Http2 | AppProtocol::Grpc => Alpn::Http2,
-        AppProtocol::Tcp | AppProtocol::Tls => Alpn::Tcp,
     }
 }
 

@@ -9,8 +9,8 @@ use warden_identity::TrustDomain;
 use warden_identity::tls::{TrustBundle, WorkloadCredentials};
 use warden_policy::{LastGoodConfig, PolicySet, PolicySetOptions, WorkloadRef};
 
-use crate::registry::StaticRegistry;
-use crate::state::{PolicyState, RegistryHandle, Shared};
+use crate::registry::ServiceRegistry;
+use crate::state::{PolicyState, Shared};
 
 /// A certificate directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -214,12 +214,23 @@ impl LocalConfig {
         });
         // Registry: rebuilt from the files that parsed; when some failed, the previous one stays.
         if !report.has_errors() {
-            let (reg, reg_problems) =
-                StaticRegistry::from_service_entries(report.others(), &cfg.identity.trust_domain);
+            let mut networking = Vec::new();
+            let mut reg_problems = Vec::new();
+            for doc in report.others() {
+                if let Some(parsed) = warden_policy::networking::interpret_networking(doc) {
+                    match parsed.result {
+                        Ok(r) => networking.push(r),
+                        Err(errors) => reg_problems.extend(errors.iter().map(|e| e.to_string())),
+                    }
+                }
+            }
+            let reg = ServiceRegistry::new(warden_policy::registry::Registry::build(
+                &networking,
+                cfg.identity.trust_domain.as_str(),
+            ));
+            reg_problems.extend(reg.problems().iter().cloned());
             self.registry_problems = reg_problems;
-            shared
-                .registry
-                .store(Arc::new(RegistryHandle(Box::new(reg))));
+            shared.registry.store(Arc::new(reg));
         }
         problems.extend(self.registry_problems.iter().cloned());
         self.generation += 1;

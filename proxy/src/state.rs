@@ -12,7 +12,7 @@ use crate::config::SidecarConfig;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::orig_dst::OriginalDst;
-use crate::registry::{Registry, StaticRegistry};
+use crate::registry::ServiceRegistry;
 
 /// The policy compiled for this workload, with what it came from.
 #[derive(Debug)]
@@ -25,9 +25,6 @@ pub struct PolicyState {
     pub problems: Vec<String>,
 }
 
-/// A registry behind a pointer that can be swapped.
-pub struct RegistryHandle(pub Box<dyn Registry>);
-
 /// Sets the log filter at runtime (`/logging?level=`).
 pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
@@ -39,8 +36,8 @@ pub struct Shared {
     pub tls: TlsProvider,
     /// The compiled policy; `None` until the first load.
     pub policy: ArcSwapOption<PolicyState>,
-    /// The registry.
-    pub registry: ArcSwap<RegistryHandle>,
+    /// The service registry (empty until the first config load).
+    pub registry: ArcSwap<ServiceRegistry>,
     /// Metrics.
     pub metrics: Metrics,
     /// Drain signal and in-flight count.
@@ -71,7 +68,7 @@ impl Shared {
             config,
             tls,
             policy: ArcSwapOption::empty(),
-            registry: ArcSwap::from_pointee(RegistryHandle(Box::new(StaticRegistry::new()))),
+            registry: ArcSwap::from_pointee(ServiceRegistry::default()),
             metrics: Metrics::new(),
             drain: Drain::new(),
             orig_dst,
