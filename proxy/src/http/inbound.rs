@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use warden_policy::jwt::{JwtFailure, JwtOutcome, RequestView};
+use warden_policy::registry::Protocol;
 use warden_policy::{
     ConnectionContext, ExtAuthzDenial, ExtAuthzError, ExtAuthzVerdict, HttpRequest,
     PathNormalization, Request as AuthzRequest, RequestAuth, normalize_path,
@@ -33,7 +34,6 @@ use super::ext_authz::Outcome;
 use super::record::{CountingBody, Exchange, RecordedBody};
 use super::{Body, UpstreamFailure, is_grpc, is_upgrade, strip_hop_by_hop, text, xfcc};
 use crate::metrics::{HttpLabels, HttpSeries, Reporter};
-use crate::registry::AppProtocol;
 use crate::state::Shared;
 
 /// What the mTLS handshake told about the peer.
@@ -78,10 +78,13 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = shared.registry.load().0.lookup(dst);
-    let declared_h2 = service
-        .as_ref()
-        .is_some_and(|s| matches!(s.protocol, AppProtocol::Http2 | AppProtocol::Grpc));
+    let service = shared.registry.load().lookup(dst);
+    let declared_h2 = service.as_ref().is_some_and(|s| {
+        matches!(
+            s.protocol(),
+            Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb
+        )
+    });
     let id = &shared.config.identity;
     let unknown: Arc<str> = Arc::from("unknown");
     let source_ns: Arc<str> = tls
@@ -106,7 +109,7 @@ pub async fn serve<S>(
         destination_workload_namespace: id.namespace.as_str().into(),
         destination_service: service
             .as_ref()
-            .map(|s| Arc::from(s.hostname.as_str()))
+            .map(|s| Arc::from(s.hostname()))
             .unwrap_or(unknown),
         mutual_tls: tls.is_some(),
     });

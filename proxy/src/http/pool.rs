@@ -131,6 +131,13 @@ impl PeerPool {
         Some(c)
     }
 
+    /// Forgets the pooled connection for (`endpoint`, `identities`) (it closed under a
+    /// request); the next [`get`](Self::get) makes a new one.
+    pub fn evict(&self, endpoint: SocketAddr, identities: &[SpiffeId]) {
+        let slot = self.slot(endpoint, identities);
+        slot.ready.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
     /// A connection to the sidecar at `endpoint` whose certificate names one of
     /// `identities`: the pooled one, or a new one (HTTP/2 over mTLS, ALPN `istio-h2`).
     pub async fn get(
