@@ -95,6 +95,7 @@ pub async fn handle(
             tokio::time::timeout(settings.handshake_timeout, shared.tls.accept(stream)).await;
         match accepted {
             Ok(Ok((tls_stream, peer_id, alpn))) => {
+                shared.metrics.tls_handshake(Reporter::Destination);
                 let principal = peer_id.as_str().to_owned();
                 if !declared_tcp && alpn.is_some_and(is_http_alpn) {
                     let leaf = tls_stream

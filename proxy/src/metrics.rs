@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reporter {
     /// The client's sidecar (outbound).
-    Source,
+    Source = 0,
     /// The server's sidecar (inbound).
-    Destination,
+    Destination = 1,
 }
 
 impl Reporter {
@@ -252,6 +252,8 @@ impl HttpSeries {
 pub struct Metrics {
     tcp: Mutex<HashMap<Arc<TcpLabels>, Arc<TcpCounters>>>,
     http: Mutex<HashMap<HttpLabels, Arc<HttpSeries>>>,
+    /// Completed mTLS handshakes: [as client (source), as server (destination)].
+    handshakes: [AtomicU64; 2],
 }
 
 const TCP: [(&str, &str); 4] = [
@@ -297,6 +299,17 @@ impl Metrics {
         map.entry(Arc::new(labels)).or_default().clone()
     }
 
+    /// Counts a completed mTLS handshake: as the client (`Source`, outbound) or the server
+    /// (`Destination`, inbound).
+    pub fn tls_handshake(&self, side: Reporter) {
+        self.handshakes[side as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Completed mTLS handshakes on one side.
+    pub fn tls_handshakes(&self, side: Reporter) -> u64 {
+        self.handshakes[side as usize].load(Ordering::Relaxed)
+    }
+
     /// The HTTP series for `labels` (interned: call once per connection or peer).
     pub fn http(&self, labels: HttpLabels) -> Arc<HttpSeries> {
         let mut map = self.http.lock().unwrap_or_else(|p| p.into_inner());
@@ -329,6 +342,19 @@ impl Metrics {
                 let v = [o, c, s, r][i];
                 let _ = writeln!(out, "{name}{{{labels}}} {v}");
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP warden_tls_handshakes_total Completed mTLS handshakes (reporter source: as client)"
+        );
+        let _ = writeln!(out, "# TYPE warden_tls_handshakes_total counter");
+        for side in [Reporter::Source, Reporter::Destination] {
+            let _ = writeln!(
+                out,
+                "warden_tls_handshakes_total{{reporter=\"{}\"}} {}",
+                side.as_str(),
+                self.tls_handshakes(side)
+            );
         }
         let series: Vec<Arc<HttpSeries>> = {
             let map = self.http.lock().unwrap_or_else(|p| p.into_inner());

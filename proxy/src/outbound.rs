@@ -94,7 +94,10 @@ pub async fn handle(
             )
             .await;
             let (upstream, server_id) = match tls {
-                Ok(Ok(v)) => v,
+                Ok(Ok(v)) => {
+                    shared.metrics.tls_handshake(Reporter::Source);
+                    v
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(%dst, %endpoint, error = %e, "outbound: mTLS to the peer failed");
                     return upstream_failed(&shared, labels, peer, dst, &e.to_string(), start);

@@ -388,17 +388,24 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         Some(q) if !q.is_empty() => format!("{path}?{q}"),
         _ => path,
     };
+    let downstream_version = parts.version;
+    let h2 = conn.declared_h2 || (conn.tls.is_none() && downstream_version == Version::HTTP_2);
+    // HTTP/2 keeps the request's authority (the pooled connection is the app's); HTTP/1.1
+    // carries it in Host and the client pool is keyed by the app address.
+    let authority = if h2 && !exchange.authority.is_empty() {
+        exchange.authority.to_string()
+    } else {
+        conn.app.to_string()
+    };
     parts.uri = match Uri::builder()
         .scheme("http")
-        .authority(conn.app.to_string())
+        .authority(authority)
         .path_and_query(pq)
         .build()
     {
         Ok(u) => u,
         Err(_) => return local(exchange, text(StatusCode::BAD_REQUEST, "Bad Request"), "-"),
     };
-    let downstream_version = parts.version;
-    let h2 = conn.declared_h2 || (conn.tls.is_none() && downstream_version == Version::HTTP_2);
     parts.version = if h2 {
         Version::HTTP_2
     } else {
@@ -408,9 +415,13 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     let upstream_req = Request::from_parts(parts, body);
     exchange.upstream = Some(conn.app);
     let result = if h2 {
-        l7.app.h2.request(upstream_req).await
+        send_h2(conn, upstream_req).await
     } else {
-        l7.app.h1.request(upstream_req).await
+        l7.app
+            .h1
+            .request(upstream_req)
+            .await
+            .map_err(|e| (UpstreamFailure::of_client_error(&e), e.to_string()))
     };
     match result {
         Ok(mut resp) => {
@@ -429,13 +440,42 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
             exchange.status = resp.status().as_u16();
             resp.map(|b| RecordedBody::new(b, exchange).boxed())
         }
-        Err(e) => {
-            let failure = UpstreamFailure::of_client_error(&e);
+        Err((failure, e)) => {
             tracing::info!(app = %conn.app, error = %e, "inbound HTTP: app request failed");
             exchange.detail = format!("{}: {e}", exchange.detail).into();
             local(exchange, failure.response(), failure.flag())
         }
     }
+}
+
+/// Sends a request to the app over the pooled HTTP/2 connection of its port; a request never
+/// sent because that connection had just closed is retried once on a new one.
+async fn send_h2(
+    conn: &Conn,
+    mut req: Request<Body>,
+) -> Result<Response<Incoming>, (UpstreamFailure, String)> {
+    let peers = &conn.shared.l7.peers;
+    let source = conn.shared.config.inbound.source_address;
+    for attempt in 0..2 {
+        let mut send = peers
+            .get_app(conn.app, source)
+            .await
+            .map_err(|e| (UpstreamFailure::Connect, e.to_string()))?;
+        match send.try_send_request(req).await {
+            Ok(r) => return Ok(r),
+            Err(mut e) => match e.take_message() {
+                Some(back) if attempt == 0 => {
+                    peers.evict_app(conn.app);
+                    req = back;
+                }
+                _ => {
+                    let e = e.into_error();
+                    return Err((UpstreamFailure::of_hyper(&e), e.to_string()));
+                }
+            },
+        }
+    }
+    Err((UpstreamFailure::Reset, "retry exhausted".into()))
 }
 
 /// Answers locally, recording the exchange when the reply body ends.

@@ -97,14 +97,13 @@ impl L7 {
     }
 }
 
-/// Pooled clients to the app: HTTP/1.1 and HTTP/2 (prior knowledge), from the configured
-/// source address, keep-alive with an idle timeout and a bound on idle connections.
+/// Pooled HTTP/1.1 clients to the app, from the configured source address, keep-alive with an
+/// idle timeout and a bound on idle connections. (Apps that speak HTTP/2 get one multiplexed
+/// connection per port from [`pool::PeerPool::get_app`].)
 #[derive(Clone)]
 pub struct AppClients {
     /// HTTP/1.1 (with upgrades).
     pub h1: Client<HttpConnector, Body>,
-    /// HTTP/2 prior knowledge (for ports declared http2/grpc, and h2c clients).
-    pub h2: Client<HttpConnector, Body>,
 }
 
 impl std::fmt::Debug for AppClients {
@@ -131,9 +130,7 @@ impl AppClients {
             .pool_max_idle_per_host(max_idle_per_host)
             // Bodies stream: a request whose body has started cannot be replayed.
             .retry_canceled_requests(false);
-        let h1 = b.build(conn.clone());
-        let h2 = b.http2_only(true).build(conn);
-        Self { h1, h2 }
+        Self { h1: b.build(conn) }
     }
 }
 

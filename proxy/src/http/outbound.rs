@@ -193,11 +193,7 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     let mut attempt = 0;
     let result = loop {
         attempt += 1;
-        let pc = match l7
-            .peers
-            .get(&shared.tls, endpoint, service.identities())
-            .await
-        {
+        let pc = match l7.peers.get(shared, endpoint, service.identities()).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(dst = %conn.dst, %endpoint, error = %e, "outbound HTTP: no connection to the peer");

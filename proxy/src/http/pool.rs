@@ -3,7 +3,8 @@
 //! requests. Secure naming is part of the key: a connection verified against one set of
 //! identities is never used for another. Connections idle for `idle_timeout` are released
 //! (in-flight streams finish first); a closed connection is replaced on the next request.
-//! Concurrent first requests wait for a single handshake.
+//! Concurrent first requests wait for a single handshake. The same pool keeps one plaintext
+//! HTTP/2 connection per local app port for apps that speak HTTP/2 ([`PeerPool::get_app`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +19,8 @@ use warden_identity::SpiffeId;
 use warden_identity::tls::{Alpn, TlsProvider};
 
 use super::Body;
+use crate::metrics::Reporter;
+use crate::state::Shared;
 
 /// Why a pooled connection could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,8 @@ pub struct PeerConn {
 }
 
 struct Slot {
+    /// Plaintext HTTP/2 to the local app (no identities) rather than mTLS to a peer.
+    plaintext: bool,
     identities: Box<[SpiffeId]>,
     ready: Mutex<Option<PeerConn>>,
     connecting: tokio::sync::Mutex<()>,
@@ -107,13 +112,17 @@ impl PeerPool {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn slot(&self, endpoint: SocketAddr, identities: &[SpiffeId]) -> Arc<Slot> {
+    fn slot(&self, endpoint: SocketAddr, identities: &[SpiffeId], plaintext: bool) -> Arc<Slot> {
         let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let list = map.entry(endpoint).or_default();
-        if let Some(s) = list.iter().find(|s| &*s.identities == identities) {
+        if let Some(s) = list
+            .iter()
+            .find(|s| s.plaintext == plaintext && &*s.identities == identities)
+        {
             return s.clone();
         }
         let s = Arc::new(Slot {
+            plaintext,
             identities: identities.into(),
             ready: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
@@ -134,7 +143,7 @@ impl PeerPool {
     /// Forgets the pooled connection for (`endpoint`, `identities`) (it closed under a
     /// request); the next [`get`](Self::get) makes a new one.
     pub fn evict(&self, endpoint: SocketAddr, identities: &[SpiffeId]) {
-        let slot = self.slot(endpoint, identities);
+        let slot = self.slot(endpoint, identities, false);
         slot.ready.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
@@ -142,11 +151,11 @@ impl PeerPool {
     /// `identities`: the pooled one, or a new one (HTTP/2 over mTLS, ALPN `istio-h2`).
     pub async fn get(
         self: &Arc<Self>,
-        tls: &TlsProvider,
+        shared: &Shared,
         endpoint: SocketAddr,
         identities: &[SpiffeId],
     ) -> Result<PeerConn, PoolError> {
-        let slot = self.slot(endpoint, identities);
+        let slot = self.slot(endpoint, identities, false);
         if let Some(c) = self.ready(&slot) {
             return Ok(c);
         }
@@ -155,10 +164,84 @@ impl PeerPool {
         if let Some(c) = self.ready(&slot) {
             return Ok(c);
         }
-        let conn = self.connect(tls, endpoint, &slot).await?;
+        let conn = self.connect(&shared.tls, endpoint, &slot).await?;
+        shared.metrics.tls_handshake(Reporter::Source);
         *slot.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         slot.last_used.store(self.now_ms(), Ordering::Relaxed);
         Ok(conn)
+    }
+
+    /// A plaintext HTTP/2 (prior knowledge) connection to the local app at `app`, from
+    /// `source` (127.0.0.6): shared by every inbound request to that port, so the request's
+    /// own `:authority` reaches the app.
+    pub async fn get_app(
+        self: &Arc<Self>,
+        app: SocketAddr,
+        source: std::net::IpAddr,
+    ) -> Result<SendRequest<Body>, PoolError> {
+        let slot = self.slot(app, &[], true);
+        if let Some(c) = self.ready(&slot) {
+            return Ok(c.send);
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(c) = self.ready(&slot) {
+            return Ok(c.send);
+        }
+        let socket = if app.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(|source| PoolError::Connect {
+            endpoint: app,
+            source,
+        })?;
+        if source.is_ipv4() == app.is_ipv4() {
+            let _ = socket.bind(SocketAddr::new(source, 0));
+        }
+        let tcp = tokio::time::timeout(self.connect_timeout, socket.connect(app))
+            .await
+            .map_err(|_| PoolError::ConnectTimeout(app))?
+            .map_err(|source| PoolError::Connect {
+                endpoint: app,
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let conn = self.handshake(tcp, app, &slot, Arc::from("")).await?;
+        *slot.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        slot.last_used.store(self.now_ms(), Ordering::Relaxed);
+        Ok(conn.send)
+    }
+
+    /// Forgets the pooled app connection to `app`.
+    pub fn evict_app(&self, app: SocketAddr) {
+        let slot = self.slot(app, &[], true);
+        slot.ready.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    async fn handshake<S>(
+        self: &Arc<Self>,
+        io: S,
+        endpoint: SocketAddr,
+        slot: &Arc<Slot>,
+        peer: Arc<str>,
+    ) -> Result<PeerConn, PoolError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| PoolError::Http2 { endpoint, source })?;
+        let pool = Arc::downgrade(self);
+        let weak_slot = Arc::downgrade(slot);
+        tokio::spawn(drive(conn, pool, weak_slot, self.idle_timeout, endpoint));
+        Ok(PeerConn { send, peer })
     }
 
     async fn connect(
@@ -186,21 +269,8 @@ impl PeerPool {
             reason: e.to_string(),
         })?;
         self.handshakes.fetch_add(1, Ordering::Relaxed);
-        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .handshake(TokioIo::new(stream))
+        self.handshake(stream, endpoint, slot, peer.as_str().into())
             .await
-            .map_err(|source| PoolError::Http2 { endpoint, source })?;
-        let peer: Arc<str> = peer.as_str().into();
-        let pool = Arc::downgrade(self);
-        let weak_slot = Arc::downgrade(slot);
-        let idle = self.idle_timeout;
-        tokio::spawn(drive(conn, pool, weak_slot, idle, endpoint));
-        Ok(PeerConn { send, peer })
     }
 }
 
