@@ -62,6 +62,8 @@ struct Conn {
     peer: SocketAddr,
     dst: SocketAddr,
     app: SocketAddr,
+    /// `app` as a URI authority, parsed once.
+    app_authority: http::uri::Authority,
     tls: Option<PeerTls>,
     /// The port is declared http2/grpc: the app speaks HTTP/2.
     declared_h2: bool,
@@ -113,8 +115,13 @@ pub async fn serve<S>(
             .unwrap_or(unknown),
         mutual_tls: tls.is_some(),
     });
+    let app = SocketAddr::new(shared.config.inbound.app_host, dst.port());
+    let Ok(app_authority) = http::uri::Authority::try_from(app.to_string()) else {
+        return;
+    };
     let conn = Arc::new(Conn {
-        app: SocketAddr::new(shared.config.inbound.app_host, dst.port()),
+        app,
+        app_authority,
         shared: shared.clone(),
         peer,
         dst,
@@ -392,10 +399,9 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     let h2 = conn.declared_h2 || (conn.tls.is_none() && downstream_version == Version::HTTP_2);
     // HTTP/2 keeps the request's authority (the pooled connection is the app's); HTTP/1.1
     // carries it in Host and the client pool is keyed by the app address.
-    let authority = if h2 && !exchange.authority.is_empty() {
-        exchange.authority.to_string()
-    } else {
-        conn.app.to_string()
+    let authority = match http::uri::Authority::try_from(&*exchange.authority) {
+        Ok(a) if h2 => a,
+        _ => conn.app_authority.clone(),
     };
     parts.uri = match Uri::builder()
         .scheme("http")

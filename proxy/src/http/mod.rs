@@ -170,8 +170,11 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 /// Removes hop-by-hop headers, and those named in `Connection`. With `upgrade`, keeps
-/// `connection` and `upgrade`.
+/// `connection` and `upgrade`. `te: trailers` stays (gRPC needs it, and HTTP/2 allows it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if !upgrade {
         // Headers listed in Connection are hop-by-hop too.
         let listed: Vec<HeaderName> = headers
@@ -192,6 +195,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(h);
     }
     headers.remove("proxy-connection");
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 /// Whether a request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
@@ -286,12 +292,16 @@ mod tests {
         );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert("x-app", HeaderValue::from_static("kept"));
         assert!(!is_upgrade(&h));
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-app"]);
+        // gRPC's `te: trailers` is kept.
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::TE], "trailers");
 
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
