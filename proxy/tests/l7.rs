@@ -56,6 +56,34 @@ where
     b.map_err(Into::into).boxed()
 }
 
+/// A body passed through, then a `grpc-status: 0` trailers frame.
+struct WithTrailers {
+    inner: Incoming,
+    done: bool,
+}
+
+impl hyper::body::Body for WithTrailers {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.done = true;
+                let mut t = hyper::HeaderMap::new();
+                t.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                Poll::Ready(Some(Ok(Frame::trailers(t))))
+            }
+            other => other,
+        }
+    }
+}
+
 /// The test app (HTTP/1.1 and h2c): `/echo` streams the request body back, `/count` answers
 /// the body's length, `/big/<n>` sends n bytes; anything else describes the request: the
 /// request line, then every header as `name: value`. Counts accepted connections.
@@ -85,10 +113,15 @@ async fn app(addr: SocketAddr) -> Arc<AtomicUsize> {
 async fn route(req: Request<Incoming>) -> Response<BoxBody> {
     let path = req.uri().path().to_owned();
     if path == "/echo" {
-        let mut r = Response::new(boxed(req.into_body()));
-        if let Some(ct) = Some(hyper::header::HeaderValue::from_static("application/grpc")) {
-            r.headers_mut().insert("content-type", ct);
-        }
+        // gRPC style: the messages back as they come, then `grpc-status: 0` in trailers.
+        let mut r = Response::new(boxed(WithTrailers {
+            inner: req.into_body(),
+            done: false,
+        }));
+        r.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/grpc"),
+        );
         return r;
     }
     if path == "/count" {
@@ -544,7 +577,14 @@ async fn http2_prior_knowledge_and_a_grpc_style_bidirectional_stream() {
         assert_eq!(got, msg);
     }
     drop(tx);
-    assert!(resp_body.frame().await.is_none_or(|f| f.is_ok()));
+    // The stream ends with the app's trailers, carried through both sidecars.
+    let mut trailers = None;
+    while let Some(f) = resp_body.frame().await {
+        if let Ok(t) = f.unwrap().into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
     let m = a.metrics();
     assert!(
         metric_line(&m, "istio_requests_total", &["request_protocol=\"grpc\""]).is_some(),
@@ -787,4 +827,43 @@ async fn policy_changes_under_traffic_fail_no_request_allowed_before_and_after()
         ok.load(Ordering::Relaxed) > 20,
         "too little traffic to mean anything"
     );
+}
+
+#[tokio::test]
+async fn idle_pooled_connections_are_released_and_replaced() {
+    let mesh = Mesh::new();
+    let test = 51;
+    let vip = ip(test, 200);
+    let b_ip = ip(test, 2);
+    let mut a = PodSpec::new(test, 1, "a");
+    a.config = vec![(
+        "services.yaml",
+        service_entry("web", vip, b_ip, "b", "http"),
+    )];
+    a.outbound_to = Some(SocketAddr::new(vip, APP_PORT));
+    a.extra_yaml = "http: {poolIdleTimeout: 200ms}\n".into();
+    let a = start_pod(&mesh, a).await;
+    let b = start_pod(&mesh, PodSpec::new(test, 2, "b")).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    app(b.app()).await;
+    let url = format!("http://{}/x", a.outbound());
+    assert_eq!(curl(&[&url]).await.0, 200);
+    assert_eq!(curl(&[&url]).await.0, 200);
+    assert_eq!(a.shared.metrics.tls_handshakes(Reporter::Source), 1);
+    assert_eq!(a.shared.l7.peers.slot_count(), 1);
+    // Idle past the timeout: released, closed, forgotten.
+    let mut released = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if a.shared.l7.peers.slot_count() == 0 {
+            released = true;
+            break;
+        }
+    }
+    assert!(released, "the idle peer connection was never released");
+    // The next request makes a new connection.
+    assert_eq!(curl(&[&url]).await.0, 200);
+    assert_eq!(a.shared.metrics.tls_handshakes(Reporter::Source), 2);
+    assert_eq!(b.shared.metrics.tls_handshakes(Reporter::Destination), 2);
 }

@@ -30,13 +30,14 @@ struct Conn {
     dst: SocketAddr,
     /// `destination_service`.
     hostname: Arc<str>,
+    unknown: Arc<str>,
     /// The series per peer identity seen on this connection (usually one).
     series: Mutex<Vec<(Arc<str>, Arc<HttpSeries>)>>,
 }
 
 impl Conn {
     fn series(&self, peer: Option<&Arc<str>>) -> Arc<HttpSeries> {
-        let key: Arc<str> = peer.cloned().unwrap_or_else(|| Arc::from("unknown"));
+        let key: Arc<str> = peer.unwrap_or(&self.unknown).clone();
         {
             let s = self.series.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((_, v)) = s.iter().find(|(k, _)| *k == key) {
@@ -81,6 +82,7 @@ pub async fn serve(
         peer,
         dst,
         hostname: service.hostname().into(),
+        unknown: Arc::from("unknown"),
         series: Mutex::new(Vec::new()),
     });
     let drain = shared.drain.clone();

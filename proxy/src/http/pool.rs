@@ -171,6 +171,33 @@ impl PeerPool {
         Ok(conn)
     }
 
+    /// Drops `slot` from the map when it holds no connection, so endpoints that went away do
+    /// not accumulate. A request racing with this may make one extra connection.
+    fn forget_if_unused(&self, endpoint: SocketAddr, slot: &Arc<Slot>) {
+        let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = slot
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|c| c.send.is_closed());
+        if !idle {
+            return;
+        }
+        if let Some(list) = map.get_mut(&endpoint) {
+            list.retain(|s| !Arc::ptr_eq(s, slot));
+            if list.is_empty() {
+                map.remove(&endpoint);
+            }
+        }
+    }
+
+    /// Slots held (for tests and `/config_dump`).
+    pub fn slot_count(&self) -> usize {
+        let map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(Vec::len).sum()
+    }
+
     /// A plaintext HTTP/2 (prior knowledge) connection to the local app at `app`, from
     /// `source` (127.0.0.6): shared by every inbound request to that port, so the request's
     /// own `:authority` reaches the app.
@@ -293,6 +320,9 @@ async fn drive<C>(
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(%endpoint, error = %e, "peer connection ended");
+                }
+                if let (Some(pool), Some(slot)) = (pool.upgrade(), slot.upgrade()) {
+                    pool.forget_if_unused(endpoint, &slot);
                 }
                 break;
             }
