@@ -81,7 +81,8 @@ fn server_main(dir: PathBuf) {
     rt.block_on(async move {
         let ca = CertificateAuthority::self_signed(dir.join("ca"), CaOptions::default()).unwrap();
         let tls = provider(&ca, &istiod());
-        let store = Arc::new(FileStore::open(dir.join("config"), None).unwrap());
+        // Versions from 1: the client side below counts snapshots by version.
+        let store = Arc::new(FileStore::open_at(dir.join("config"), None, 0).unwrap());
         let _watch = store.clone().watch(Duration::from_millis(100));
         let server = PushServer::new(store.as_ref());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -10,6 +11,7 @@ use clap::{Args, Subcommand};
 use time::OffsetDateTime;
 use warden_control::admin::{self, RootOperation};
 use warden_control::config::{DEFAULT_DNS_NAMES, DEFAULT_STATE_DIR, DEFAULT_TOKEN_AUDIENCE};
+use warden_control::store::FileStore;
 use warden_control::{CaSource, ControlConfig, ControlPlane, StatePaths};
 use warden_identity::ca::RootInfo;
 use warden_identity::keys::KeyAlgorithm;
@@ -41,6 +43,9 @@ enum ControlCommand {
     RotateRoot(RotateRootArgs),
     /// List the roots of the trust bundle (self-signed CA).
     Roots(RootsArgs),
+    /// Show the proxies connected to a running control plane: identity, config version sent and
+    /// ACKed, last NACK with its error, certificate expiry (like `istioctl proxy-status`).
+    Status(crate::proxy_status::ProxyStatusArgs),
 }
 
 /// The state directory flag, shared by every command.
@@ -102,11 +107,13 @@ struct RunArgs {
     /// Longest workload certificate lifetime a request may ask for.
     #[arg(long, env = "MAX_WORKLOAD_CERT_TTL", default_value = "90d", value_parser = parse_duration)]
     max_ttl: Duration,
-    /// JWKS file of a service-account token issuer (e.g. a cluster's
-    /// `kubectl get --raw /openid/v1/jwks`). Repeatable. The state directory's own token key
-    /// is always trusted. Re-read when it changes.
-    #[arg(long = "token-jwks", value_name = "FILE")]
-    token_jwks: Vec<PathBuf>,
+    /// A service-account token issuer and the JWKS file of its keys, `ISSUER=FILE` (e.g.
+    /// `https://kubernetes.default.svc.cluster.local=jwks.json` from a cluster's
+    /// `kubectl get --raw /openid/v1/jwks`). Repeatable. A token claiming ISSUER is verified
+    /// with FILE's keys only; tokens of other issuers with the state directory's own token key
+    /// only. Re-read when it changes.
+    #[arg(long = "token-jwks", value_name = "ISSUER=FILE")]
+    token_jwks: Vec<warden_control::TokenIssuer>,
     /// Audience a service-account token must carry.
     #[arg(long, default_value = DEFAULT_TOKEN_AUDIENCE)]
     token_audience: String,
@@ -128,6 +135,31 @@ struct RunArgs {
     /// How long open connections get to finish on shutdown.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Directory of Istio YAML (AuthorizationPolicy, PeerAuthentication, RequestAuthentication,
+    /// ServiceEntry, WorkloadEntry, ...) pushed to proxies over the same listener. Watched: a
+    /// file that fails validation is reported and its last good version stays in force.
+    #[arg(long, env = "WARDEN_CONFIG_DIR", value_name = "DIR")]
+    config_dir: Option<PathBuf>,
+    /// MeshConfig file (trustDomain, rootNamespace, outboundTrafficPolicy,
+    /// extensionProviders); Istio's defaults without it. Watched like the config directory.
+    #[arg(
+        long,
+        env = "WARDEN_MESH_CONFIG",
+        value_name = "FILE",
+        requires = "config_dir"
+    )]
+    mesh_config: Option<PathBuf>,
+    /// How often the config directory and the MeshConfig file are checked for changes.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    config_poll: Duration,
+    /// Where `warden control status` reads the connected proxies (HTTP, unauthenticated: keep
+    /// it on loopback). Served only with --config-dir.
+    #[arg(
+        long,
+        env = "WARDEN_CONTROL_DEBUG_ADDR",
+        default_value = "127.0.0.1:15014"
+    )]
+    debug_addr: SocketAddr,
 }
 
 /// Flags of `warden control token`.
@@ -247,6 +279,7 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
         Some(ControlCommand::Revoke(a)) => revoke(a),
         Some(ControlCommand::Revoked(a)) => revoked(a),
         Some(ControlCommand::RotateRoot(a)) => rotate_root(a),
+        Some(ControlCommand::Status(a)) => crate::proxy_status::run(a),
         Some(ControlCommand::Roots(a)) => {
             let roots = admin::roots(&a.state.state_dir, &a.trust_domain.trust_domain)
                 .context("warden control roots")?;
@@ -276,6 +309,7 @@ fn serve(a: RunArgs) -> anyhow::Result<()> {
     config.serving_ttl = a.serving_ttl;
     config.reload_interval = a.reload_interval;
     config.drain_timeout = a.drain_timeout;
+    config.debug_listen = Some(a.debug_addr);
     if config.default_ttl > config.max_ttl {
         anyhow::bail!(
             "--default-ttl {:?} is longer than --max-ttl {:?}",
@@ -290,15 +324,64 @@ fn serve(a: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async move {
-        let cp = tokio::task::spawn_blocking(move || ControlPlane::open(config))
+        let store = match a.config_dir {
+            Some(dir) => {
+                let trust_domain = config.trust_domain.clone();
+                let store = tokio::task::spawn_blocking(move || {
+                    open_store(dir, a.mesh_config, &trust_domain)
+                })
+                .await
+                .context("loading the config directory")??;
+                Some(Arc::new(store))
+            }
+            None => None,
+        };
+        let mut cp = tokio::task::spawn_blocking(move || ControlPlane::open(config))
             .await
             .context("loading the control plane state")?
             .context("warden control")?;
+        if let Some(store) = &store {
+            cp = cp.with_config_source(store.as_ref());
+        }
         let running = cp.start().await.context("warden control")?;
+        let watcher = store.map(|s| s.watch(a.config_poll));
         wait_for_signal().await?;
+        if let Some(w) = watcher {
+            w.abort();
+        }
         running.shutdown().await;
         Ok(())
     })
+}
+
+/// Loads the config directory and MeshConfig. Invalid files are logged with their exact error
+/// (and stay out until fixed); a MeshConfig for another trust domain than the CA's is refused.
+fn open_store(
+    dir: PathBuf,
+    mesh_file: Option<PathBuf>,
+    trust_domain: &TrustDomain,
+) -> anyhow::Result<FileStore> {
+    let store = FileStore::open(&dir, mesh_file.clone()).context("warden control --config-dir")?;
+    let snap = store.current();
+    if let Some(file) = &mesh_file
+        && snap.mesh.trust_domain != trust_domain.as_str()
+    {
+        anyhow::bail!(
+            "--mesh-config {}: trustDomain {:?} differs from --trust-domain {:?}; the CA issues identities in --trust-domain, so set both to the same value",
+            file.display(),
+            snap.mesh.trust_domain,
+            trust_domain.as_str()
+        );
+    }
+    tracing::info!(
+        dir = %dir.display(),
+        version = snap.version,
+        security = snap.security.len(),
+        networking = snap.networking.len(),
+        invalid = snap.errors.len(),
+        "config loaded; pushed to proxies on the CA listener"
+    );
+    Ok(store)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 mod certs;
 mod check;
 mod control;
+mod inject;
+mod iptables;
 mod proxy_status;
+mod quickstart;
 mod sidecar;
 
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
@@ -36,13 +39,22 @@ enum Command {
     Certs(certs::CertsCommand),
     /// Explain what Istio security policy decides for a workload and a request.
     Check(Box<check::CheckArgs>),
-    /// Show the proxies connected to a control plane: identity, config version, ACK/NACK, certificate expiry.
+    /// Same as `warden control status`: the proxies connected to a control plane.
     ProxyStatus(proxy_status::ProxyStatusArgs),
     /// Run the control plane (mesh CA on port 15012), or administer it: tokens, revocation,
     /// root rotation.
     Control(Box<control::ControlArgs>),
     /// Run the sidecar proxy for one workload (mTLS, policy, metrics, drain).
     Sidecar(sidecar::SidecarArgs),
+    /// Install istio-iptables-compatible traffic capture rules (the pod's init step).
+    Iptables(Box<iptables::IptablesArgs>),
+    /// Add the Warden init and sidecar containers to Kubernetes workloads (like istioctl kube-inject).
+    Inject(inject::InjectArgs),
+    /// Wait until the local sidecar is ready (the postStart hook of injected pods).
+    Wait(inject::WaitArgs),
+    /// Start a demo mesh on loopback (control plane, two sidecars, two apps), show an allowed and
+    /// a denied request through mTLS, and keep it running until Ctrl-C.
+    Quickstart(quickstart::QuickstartArgs),
 }
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
@@ -63,7 +75,7 @@ fn init_logging(filter: Option<&str>, format: LogFormat) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The sidecar installs its own subscriber (its log level changes at runtime).
-    if !matches!(cli.command, Command::Sidecar(_)) {
+    if !matches!(cli.command, Command::Sidecar(_) | Command::Quickstart(_)) {
         init_logging(cli.log.as_deref(), cli.log_format);
     }
     match cli.command {
@@ -71,6 +83,10 @@ fn main() -> anyhow::Result<()> {
         Command::Check(args) => std::process::exit(check::run(*args)),
         Command::ProxyStatus(args) => proxy_status::run(args),
         Command::Control(args) => control::run(*args),
+        Command::Iptables(args) => iptables::run(*args),
+        Command::Inject(args) => inject::run(args),
+        Command::Wait(args) => inject::wait(args),
+        Command::Quickstart(args) => quickstart::run(args, cli.log.as_deref()),
         Command::Sidecar(args) => sidecar::run(
             args,
             cli.log.as_deref(),

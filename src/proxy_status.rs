@@ -1,12 +1,13 @@
-//! `warden proxy-status` (to become `warden control status`): the proxies connected to a control
+//! `warden control status` (alias `warden proxy-status`): the proxies connected to a control
 //! plane, their identity, config version, last ACK/NACK and certificate expiry, like
 //! `istioctl proxy-status`.
 
 use std::net::SocketAddr;
 
+use anyhow::Context as _;
 use clap::Args;
 
-/// Flags of `warden proxy-status`.
+/// Flags of `warden control status` and `warden proxy-status`.
 #[derive(Debug, Args)]
 pub struct ProxyStatusArgs {
     /// The control plane's debug endpoint (`warden control --debug-addr`).
@@ -26,7 +27,11 @@ pub fn run(args: ProxyStatusArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let proxies = rt.block_on(warden_control::status::fetch(args.debug_addr))?;
+    let proxies = rt
+        .block_on(warden_control::status::fetch(args.debug_addr))
+        .context(
+            "the status endpoint runs in `warden control --config-dir DIR` (flag --debug-addr)",
+        )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&proxies)?);
     } else {

@@ -68,6 +68,10 @@ impl Drop for Running {
 }
 
 fn start(state: &Path) -> Running {
+    start_with(state, &[])
+}
+
+fn start_with(state: &Path, extra: &[&str]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args([
             "--log-format",
@@ -80,6 +84,7 @@ fn start(state: &Path) -> Running {
             "--reload-interval",
             "200ms",
         ])
+        .args(extra)
         .env("WARDEN_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -371,4 +376,201 @@ fn administrative_commands_explain_what_is_wrong() {
         p(&state),
     ]);
     assert!(!out.status.success());
+}
+
+/// Waits for a JSON log line with `fields.<field>` and returns that field.
+fn log_field(cp: &Running, field: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = cp
+            .logs
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no log line with {field}"));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        if let Some(x) = v["fields"][field].as_str() {
+            return x.to_owned();
+        }
+    }
+}
+
+fn policy(name: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  rules:\n  - from:\n    - source: {{principals: [\"cluster.local/ns/demo/sa/client\"]}}\n"
+    )
+}
+
+fn write_atomic(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// `warden control --config-dir` pushes config on the CA's listener to a proxy that got its
+/// certificate from the same process; `warden control status` shows it with its identity,
+/// versions, NACK and certificate expiry; a bad file is logged with its exact error and never
+/// pushed.
+#[test]
+fn control_status_shows_a_subscribed_proxy() {
+    use warden_identity::config_client::{ConfigSubscriber, SubscriberOptions};
+    use warden_identity::tls::{TlsProvider, TlsSettings, TrustBundle, WorkloadCredentials};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    write_atomic(&config, "allow.yaml", &policy("allow-client"));
+    let mesh = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        "trustDomain: cluster.local\nrootNamespace: istio-system\n",
+    )
+    .unwrap();
+    let token = ok(&[
+        "control",
+        "token",
+        "--state-dir",
+        p(&state),
+        "--namespace",
+        "demo",
+        "--service-account",
+        "web",
+    ]);
+    let cp = start_with(
+        &state,
+        &[
+            "--config-dir",
+            p(&config),
+            "--mesh-config",
+            p(&mesh),
+            "--config-poll",
+            "50ms",
+            "--debug-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let debug_addr = log_field(&cp, "debug_addr");
+    let status = |json: bool| {
+        let mut args = vec!["control", "status", "--debug-addr", &debug_addr];
+        if json {
+            args.push("--json");
+        }
+        ok(&args)
+    };
+    assert_eq!(status(true).trim(), "[]", "no proxy yet");
+
+    // A certificate from the running CA, then a subscription with it on the same port.
+    let root_pem = std::fs::read_to_string(state.join("root-cert.pem")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let identity = SpiffeId::istio(&TrustDomain::default(), "demo", "web").unwrap();
+    let key = KeyAlgorithm::EcdsaP256.generate().unwrap();
+    let csr = keys::csr_pem(&key, &identity).unwrap();
+    let chain = ask(&rt, &cp, &root_pem, &csr, token.trim()).expect("a workload certificate");
+    let trust = TrustBundle::from_pem(TrustDomain::default(), root_pem.as_bytes(), "root").unwrap();
+    let creds = WorkloadCredentials::from_pem(
+        chain.concat().as_bytes(),
+        key.serialize_pem().as_bytes(),
+        trust,
+        "test",
+    )
+    .unwrap();
+    let tls = TlsProvider::new(TlsSettings::default()).unwrap();
+    tls.install(&creds).unwrap();
+    let istiod = SpiffeId::istio(&TrustDomain::default(), "istio-system", "istiod").unwrap();
+    let mut opts = SubscriberOptions::new(cp.addr.to_string(), vec![istiod], "demo");
+    opts.pod_name = "web-0".into();
+    opts.backoff_initial = Duration::from_millis(50);
+    let sub = {
+        let _guard = rt.enter();
+        ConfigSubscriber::spawn(tls, opts, |snap| {
+            if snap.resources.iter().any(|r| r.name == "poison") {
+                return Err("demo/poison is not acceptable to this proxy".to_owned());
+            }
+            Ok(snap
+                .resources
+                .iter()
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>())
+        })
+    };
+    let first = eventually("the first snapshot", || sub.current());
+    assert_eq!(first.config, ["allow-client"]);
+
+    // The table: identity, version, SYNCED, certificate expiry.
+    let table = eventually("the proxy SYNCED in `warden control status`", || {
+        let t = status(false);
+        t.contains("SYNCED").then_some(t)
+    });
+    let row = table.lines().find(|l| l.starts_with("web-0.demo")).unwrap();
+    assert!(
+        row.contains("spiffe://cluster.local/ns/demo/sa/web"),
+        "{table}"
+    );
+    assert!(row.contains(&first.version.to_string()), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let proxy = &json[0];
+    assert_eq!(proxy["identity"], "spiffe://cluster.local/ns/demo/sa/web");
+    assert_eq!(proxy["version_acked"], first.version);
+    let leaf = {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let der = CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
+        let (_, c) = X509Certificate::from_der(&der).unwrap();
+        c.validity().not_after.timestamp()
+    };
+    let expiry = time::OffsetDateTime::parse(
+        proxy["cert_expiry"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(expiry.unix_timestamp(), leaf, "the certificate's notAfter");
+
+    // A file with an invalid field: logged with its exact error, nothing pushed.
+    write_atomic(
+        &config,
+        "broken.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: broken, namespace: demo}\nspec:\n  action: MAYBE\n",
+    );
+    let broken = config.join("broken.yaml");
+    let logged = eventually("the invalid file in the log", || {
+        cp.logs
+            .try_iter()
+            .find(|l| l.contains("invalid config") && l.contains(p(&broken)))
+    });
+    assert!(logged.contains("spec.action"), "{logged}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sub.current().unwrap().version,
+        first.version,
+        "nothing pushed"
+    );
+
+    // A new valid policy reaches the proxy; one it refuses shows as a NACK with its error.
+    std::fs::remove_file(&broken).unwrap();
+    write_atomic(&config, "poison.yaml", &policy("poison"));
+    let table = eventually("the NACK in `warden control status`", || {
+        let t = status(false);
+        t.lines()
+            .any(|l| l.starts_with("web-0.demo") && l.contains("   NACK   "))
+            .then_some(t)
+    });
+    let row = table.lines().find(|l| l.starts_with("web-0.demo")).unwrap();
+    assert!(
+        row.contains("demo/poison is not acceptable to this proxy"),
+        "{table}"
+    );
+    assert_eq!(
+        sub.current().unwrap().version,
+        first.version,
+        "kept the last good"
+    );
+    // The old command name still works.
+    let alias = ok(&["proxy-status", "--debug-addr", &debug_addr]);
+    assert!(alias.contains("demo/poison is not acceptable"), "{alias}");
+
+    drop(sub);
+    drop(rt);
 }

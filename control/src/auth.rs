@@ -2,7 +2,9 @@
 //!
 //! Two credentials, as istiod accepts them:
 //! 1. `authorization: Bearer <JWT>`: a Kubernetes service-account token, verified against the
-//!    configured issuer keys (audience `istio-ca`, `exp` required); the identity is
+//!    keys of its own issuer (audience `istio-ca`, `exp` required): an issuer configured with a
+//!    JWKS file (`--token-jwks ISSUER=FILE`) only with that file's keys, any other issuer only
+//!    with the control plane's own token key; the identity is
 //!    `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
 //! 2. Otherwise a mesh client certificate presented in the TLS handshake (renewal, VMs): the
 //!    identity is the one in that certificate. The chain was verified at the handshake; here it
@@ -11,7 +13,8 @@
 //! A presented token decides alone: an invalid token is refused even next to a valid client
 //! certificate (a broken credential is not silently replaced by another).
 
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,6 +25,7 @@ use warden_identity::{CertificateAuthority, Serial, SpiffeId, TrustDomain};
 use warden_policy::jwt::k8s::{SaTokenError, SaTokenVerifier};
 use warden_policy::jwt::{Jwk, Jwks, SignError, SigningKey};
 
+use crate::config::TokenIssuer;
 use crate::error::ControlError;
 use crate::peer::{ClientCertificate, PeerInfo};
 
@@ -67,6 +71,14 @@ pub enum AuthError {
     /// The token was refused.
     #[error("{0}")]
     Token(#[from] SaTokenError),
+    /// The token claims an issuer pinned to a JWKS file but was verified with another key.
+    #[error(
+        "the token claims issuer {issuer:?}, whose keys come from its --token-jwks file, but is not signed by them"
+    )]
+    TokenIssuerPinned {
+        /// The issuer claimed.
+        issuer: String,
+    },
     /// The token's names do not form a SPIFFE ID in this trust domain.
     #[error("the token's identity is not a valid SPIFFE ID: {0}")]
     TokenIdentity(String),
@@ -106,7 +118,9 @@ impl AuthError {
             Self::NotBearer | Self::AmbiguousAuthorization => "bad_authorization",
             Self::Token(SaTokenError::Expired { .. }) => "token_expired",
             Self::Token(SaTokenError::WrongAudience { .. }) => "token_audience",
-            Self::Token(SaTokenError::UnknownKey { .. }) => "token_unknown_key",
+            Self::Token(SaTokenError::UnknownKey { .. }) | Self::TokenIssuerPinned { .. } => {
+                "token_unknown_key"
+            }
             Self::Token(SaTokenError::BadSignature) => "token_bad_signature",
             Self::Token(_) | Self::TokenIdentity(_) => "token_invalid",
             Self::ClientCertificate(_) => "client_cert_unusable",
@@ -118,23 +132,41 @@ impl AuthError {
     }
 }
 
-/// The keys tokens may be signed with: the control plane's own token-signing key and the
-/// configured JWKS files.
+/// The keys tokens may be signed with, by issuer.
+#[derive(Debug, Clone)]
+pub struct TokenKeys {
+    /// The control plane's own token-signing key: verifies tokens of every issuer that is not
+    /// pinned to a JWKS file (`warden control token` mints with it).
+    pub own: Jwks,
+    /// Issuer (`iss`) -> the keys of its JWKS file(s): the only keys its tokens are verified with.
+    pub pinned: BTreeMap<String, Jwks>,
+}
+
+/// Loads the control plane's own token key and every pinned issuer's JWKS file.
 pub fn token_keys(
     own: &SigningKey,
     own_path: &Path,
-    files: &[PathBuf],
-) -> Result<Jwks, ControlError> {
+    issuers: &[TokenIssuer],
+) -> Result<TokenKeys, ControlError> {
     let own_doc = crate::token_key::jwks_document(own)?;
     let own = Jwks::from_json(&own_doc).map_err(|e| ControlError::TokenKey {
         path: own_path.to_owned(),
         source: SignError::Key(e.to_string()),
     })?;
-    let mut keys: Vec<Jwk> = own.keys().to_vec();
-    for file in files {
-        keys.extend_from_slice(jwks_file_keys(file)?.keys());
+    let mut pinned: BTreeMap<String, Vec<Jwk>> = BTreeMap::new();
+    for i in issuers {
+        pinned
+            .entry(i.issuer.clone())
+            .or_default()
+            .extend_from_slice(jwks_file_keys(&i.jwks)?.keys());
     }
-    Ok(Jwks::from_keys(keys))
+    Ok(TokenKeys {
+        own,
+        pinned: pinned
+            .into_iter()
+            .map(|(iss, keys)| (iss, Jwks::from_keys(keys)))
+            .collect(),
+    })
 }
 
 fn jwks_file_keys(file: &Path) -> Result<Jwks, ControlError> {
@@ -145,10 +177,47 @@ fn jwks_file_keys(file: &Path) -> Result<Jwks, ControlError> {
     Ok(v.jwks().clone())
 }
 
+/// The verifiers built from [`TokenKeys`]: one per pinned issuer, and the own key's.
+#[derive(Debug)]
+struct Verifiers {
+    own: SaTokenVerifier,
+    pinned: HashMap<String, SaTokenVerifier>,
+}
+
+impl Verifiers {
+    fn new(keys: TokenKeys, audience: &str) -> Self {
+        Self {
+            own: SaTokenVerifier::new(keys.own).with_audience(audience.to_owned()),
+            pinned: keys
+                .pinned
+                .into_iter()
+                .map(|(iss, jwks)| {
+                    let v = SaTokenVerifier::new(jwks)
+                        .with_audience(audience.to_owned())
+                        .with_issuer(iss.clone());
+                    (iss, v)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The `iss` claim of a compact JWS, read without verifying anything: it only chooses which
+/// issuer's keys then verify the token (and the chosen verifier checks `iss` again).
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.trim().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
 /// Authenticates callers. Built once; the token keys are swapped when their files change.
 #[derive(Debug)]
 pub struct Authenticator {
-    verifier: ArcSwap<SaTokenVerifier>,
+    verifiers: ArcSwap<Verifiers>,
     audience: String,
     trust_domain: TrustDomain,
     cluster_id: Option<String>,
@@ -158,15 +227,13 @@ impl Authenticator {
     /// An authenticator trusting `keys` for tokens with `audience`, issuing identities in
     /// `trust_domain`, and checking `clusterid` against `cluster_id` when set.
     pub fn new(
-        keys: Jwks,
+        keys: TokenKeys,
         audience: &str,
         trust_domain: TrustDomain,
         cluster_id: Option<String>,
     ) -> Self {
         Self {
-            verifier: ArcSwap::from_pointee(
-                SaTokenVerifier::new(keys).with_audience(audience.to_owned()),
-            ),
+            verifiers: ArcSwap::from_pointee(Verifiers::new(keys, audience)),
             audience: audience.to_owned(),
             trust_domain,
             cluster_id,
@@ -174,15 +241,28 @@ impl Authenticator {
     }
 
     /// Replaces the trusted token keys (after a JWKS file changed).
-    pub fn set_keys(&self, keys: Jwks) {
-        self.verifier.store(Arc::new(
-            SaTokenVerifier::new(keys).with_audience(self.audience.clone()),
-        ));
+    pub fn set_keys(&self, keys: TokenKeys) {
+        self.verifiers
+            .store(Arc::new(Verifiers::new(keys, &self.audience)));
     }
 
     /// Verifies a bare token (no `Bearer `) and gives the identity it vouches for.
+    ///
+    /// A token whose `iss` is pinned to a JWKS file is verified with that file's keys only;
+    /// any other token with the control plane's own key only.
     pub fn verify_token(&self, token: &str, now: SystemTime) -> Result<Caller, AuthError> {
-        let sa = self.verifier.load().verify(token, now)?;
+        let verifiers = self.verifiers.load();
+        let sa = match unverified_issuer(token).and_then(|iss| verifiers.pinned.get(&iss)) {
+            Some(pinned) => pinned.verify(token, now)?,
+            None => {
+                let sa = verifiers.own.verify(token, now)?;
+                // Belt and braces: the own key never vouches for a pinned issuer.
+                if verifiers.pinned.contains_key(&sa.issuer) {
+                    return Err(AuthError::TokenIssuerPinned { issuer: sa.issuer });
+                }
+                sa
+            }
+        };
         let identity = SpiffeId::istio(&self.trust_domain, &sa.namespace, &sa.service_account)
             .map_err(|e| AuthError::TokenIdentity(e.to_string()))?;
         Ok(Caller {

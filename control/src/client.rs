@@ -118,6 +118,18 @@ pub async fn connect(
     server_name: &str,
     tls: Arc<ClientConfig>,
 ) -> Result<IstioCertificateServiceClient<Channel>, ClientError> {
+    Ok(IstioCertificateServiceClient::new(
+        connect_channel(addr, server_name, tls).await?,
+    ))
+}
+
+/// A gRPC channel to the control plane at `addr` (any of its services), checking its
+/// certificate for `server_name`.
+pub async fn connect_channel(
+    addr: SocketAddr,
+    server_name: &str,
+    tls: Arc<ClientConfig>,
+) -> Result<Channel, ClientError> {
     let fail = |reason: String| ClientError::Connect { addr, reason };
     let name = ServerName::try_from(server_name.to_owned()).map_err(|e| fail(e.to_string()))?;
     let endpoint = Endpoint::from_shared(format!("https://{server_name}:{}", addr.port()))
@@ -140,7 +152,7 @@ pub async fn connect(
             }
             fail(reason)
         })?;
-    Ok(IstioCertificateServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// A `CreateCertificate` request for `csr_pem` (validity in seconds, 0 for the CA's default),

@@ -11,6 +11,8 @@ use warden_identity::{KeyAlgorithm, SpiffeId, TrustDomain};
 
 /// Istio's CA and config port.
 pub const DEFAULT_PORT: u16 = 15012;
+/// Istio's control plane monitoring port, where `warden control` serves the proxies' status.
+pub const DEFAULT_DEBUG_PORT: u16 = 15014;
 /// The default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/warden/control";
 /// The audience a service-account token must carry by default.
@@ -43,6 +45,51 @@ pub enum CaSource {
     },
 }
 
+/// A service-account token issuer (`iss`) pinned to the JWKS file of its keys: `ISSUER=FILE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenIssuer {
+    /// The `iss` claim of its tokens, e.g. `https://kubernetes.default.svc.cluster.local`.
+    pub issuer: String,
+    /// The JWKS file with its keys (re-read when it changes).
+    pub jwks: PathBuf,
+}
+
+/// Why an `ISSUER=FILE` pair is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("token issuer {given:?}: {reason}")]
+pub struct TokenIssuerError {
+    /// What was given.
+    pub given: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl std::str::FromStr for TokenIssuer {
+    type Err = TokenIssuerError;
+
+    /// Parses `ISSUER=FILE` (split at the first `=`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| TokenIssuerError {
+            given: s.to_owned(),
+            reason,
+        };
+        let (issuer, file) = s.split_once('=').ok_or_else(|| {
+            err("expected ISSUER=FILE: each JWKS file is pinned to the issuer (`iss`) whose tokens its keys verify")
+        })?;
+        let issuer = issuer.trim();
+        if issuer.is_empty() {
+            return Err(err("the issuer before `=` is empty"));
+        }
+        if file.is_empty() {
+            return Err(err("the JWKS file after `=` is empty"));
+        }
+        Ok(TokenIssuer {
+            issuer: issuer.to_owned(),
+            jwks: PathBuf::from(file),
+        })
+    }
+}
+
 /// The configuration of a control plane. [`ControlConfig::new`] gives Istio's defaults.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
@@ -58,9 +105,10 @@ pub struct ControlConfig {
     pub default_ttl: Duration,
     /// Longest workload certificate lifetime a request may ask for (90 days).
     pub max_ttl: Duration,
-    /// JWKS files of service-account token issuers (e.g. a cluster's API server keys). The
-    /// control plane's own token-signing key is always trusted too.
-    pub token_jwks: Vec<PathBuf>,
+    /// Service-account token issuers, each with the JWKS file of its keys (e.g. a cluster's API
+    /// server keys): a token claiming one of these issuers is verified with that file's keys
+    /// only. The control plane's own token-signing key verifies tokens of every other issuer.
+    pub token_jwks: Vec<TokenIssuer>,
     /// The audience a token must carry (`istio-ca`).
     pub token_audience: String,
     /// When set, a request's `clusterid` metadata, if any, must equal it.
@@ -77,6 +125,9 @@ pub struct ControlConfig {
     pub drain_timeout: Duration,
     /// How long a client gets to complete the TLS handshake (10 s).
     pub handshake_timeout: Duration,
+    /// Where to serve the connected proxies' status (`GET /debug/proxies`, unauthenticated: keep
+    /// it on loopback) when config is pushed. `127.0.0.1:15014` by default; `None` turns it off.
+    pub debug_listen: Option<SocketAddr>,
 }
 
 impl ControlConfig {
@@ -100,6 +151,10 @@ impl ControlConfig {
             reload_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            debug_listen: Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                DEFAULT_DEBUG_PORT,
+            )),
         }
     }
 

@@ -33,6 +33,6 @@ pub mod store;
 pub mod tls;
 pub mod token_key;
 
-pub use config::{CaSource, ControlConfig, StatePaths};
+pub use config::{CaSource, ControlConfig, StatePaths, TokenIssuer};
 pub use error::ControlError;
 pub use server::{ControlPlane, RunningControlPlane};

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -296,7 +297,19 @@ impl ConfigDiscovery for PushServer {
                 .unwrap_or_default(),
         };
         self.lock().insert(id, status);
-        tracing::info!(id, identity = %peer.identity, pod = %registration.pod_name, "proxy subscribed");
+        tracing::info!(id, identity = %peer.identity, pod = %registration.pod_name, held_version = registration.current_version, "proxy subscribed");
+        let current = self.source.borrow().version;
+        if registration.current_version > current {
+            // Versions count from the start time: a proxy ahead of us means this control plane's
+            // clock stepped back since an earlier run. It still gets the full snapshot.
+            tracing::warn!(
+                id,
+                identity = %peer.identity,
+                held_version = registration.current_version,
+                version = current,
+                "the proxy holds a higher config version than this control plane has (clock stepped back?); sending the current snapshot"
+            );
+        }
         let guard = Registered {
             server: self.clone(),
             id,
@@ -415,65 +428,115 @@ impl AsyncWrite for PeerStream {
     }
 }
 
-/// Accepts mTLS connections on `listener` (client certificate required and verified against the
-/// mesh roots) and yields them with their [`PeerInfo`]. Failed handshakes are logged and skipped.
-pub fn mtls_incoming(
+type Handshake = Pin<Box<dyn std::future::Future<Output = Option<PeerStream>> + Send>>;
+
+/// The accepted mTLS connections of a listener, with their [`PeerInfo`]: see [`mtls_incoming`].
+///
+/// The listener and the handshakes in progress belong to this stream, so dropping it (which the
+/// server does when it stops) closes the listening socket at once: the port can be bound again
+/// as soon as the server has returned.
+pub struct MtlsIncoming {
     listener: TcpListener,
     tls: TlsProvider,
-) -> impl tokio_stream::Stream<Item = Result<PeerStream, std::io::Error>> + Send + 'static {
-    let (tx, rx) = mpsc::channel::<Result<PeerStream, std::io::Error>>(64);
-    tokio::spawn(async move {
+    handshakes: futures::stream::FuturesUnordered<Handshake>,
+    /// After a failed accept (out of file descriptors and the like): no accepting until then.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl std::fmt::Debug for MtlsIncoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MtlsIncoming")
+            .field("listener", &self.listener.local_addr().ok())
+            .field("handshakes", &self.handshakes.len())
+            .finish()
+    }
+}
+
+/// Most TLS handshakes in progress at once; more connections wait in the kernel's backlog.
+const MAX_HANDSHAKES: usize = 256;
+
+impl tokio_stream::Stream for MtlsIncoming {
+    type Item = Result<PeerStream, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        use futures::StreamExt as _;
+        let this = &mut *self;
         loop {
-            let accepted = tokio::select! {
-                _ = tx.closed() => return,
-                a = listener.accept() => a,
-            };
-            let (tcp, addr) = match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+            // Finished handshakes first.
+            while let Poll::Ready(Some(done)) = this.handshakes.poll_next_unpin(cx) {
+                if let Some(stream) = done {
+                    return Poll::Ready(Some(Ok(stream)));
                 }
-            };
-            let _ = tcp.set_nodelay(true);
-            if tx.is_closed() {
-                return;
             }
-            let tls = tls.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(tcp)).await;
-                match handshake {
-                    Ok(Ok((stream, identity, _alpn))) => {
-                        let not_after = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|der| {
-                                x509_parser::parse_x509_certificate(der)
-                                    .ok()
-                                    .map(|(_, c)| c.validity().not_after.to_datetime())
-                            });
-                        let _ = tx
-                            .send(Ok(PeerStream {
-                                inner: stream,
-                                info: PeerInfo {
-                                    identity,
-                                    not_after,
-                                },
-                            }))
-                            .await;
-                    }
-                    Ok(Err(e)) => tracing::info!(peer = %addr, error = %e, "config client refused"),
-                    Err(_) => tracing::info!(peer = %addr, "config client handshake timed out"),
+            if this.handshakes.len() >= MAX_HANDSHAKES {
+                return Poll::Pending;
+            }
+            if let Some(pause) = &mut this.pause {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-            });
+                this.pause = None;
+            }
+            match this.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    // Out of file descriptors and the like: back off a little, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    this.pause = Some(Box::pin(tokio::time::sleep(
+                        std::time::Duration::from_millis(50),
+                    )));
+                }
+                Poll::Ready(Ok((tcp, addr))) => {
+                    let _ = tcp.set_nodelay(true);
+                    this.handshakes
+                        .push(Box::pin(handshake(this.tls.clone(), tcp, addr)));
+                }
+            }
         }
-    });
-    ReceiverStream::new(rx)
+    }
+}
+
+async fn handshake(tls: TlsProvider, tcp: TcpStream, addr: SocketAddr) -> Option<PeerStream> {
+    match tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(tcp)).await {
+        Ok(Ok((stream, identity, _alpn))) => {
+            let not_after = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|der| {
+                    x509_parser::parse_x509_certificate(der)
+                        .ok()
+                        .map(|(_, c)| c.validity().not_after.to_datetime())
+                });
+            Some(PeerStream {
+                inner: stream,
+                info: PeerInfo {
+                    identity,
+                    not_after,
+                },
+            })
+        }
+        Ok(Err(e)) => {
+            tracing::info!(peer = %addr, error = %e, "config client refused");
+            None
+        }
+        Err(_) => {
+            tracing::info!(peer = %addr, "config client handshake timed out");
+            None
+        }
+    }
+}
+
+/// Accepts mTLS connections on `listener` (client certificate required and verified against the
+/// mesh roots) and yields them with their [`PeerInfo`]. Failed handshakes are logged and skipped.
+pub fn mtls_incoming(listener: TcpListener, tls: TlsProvider) -> MtlsIncoming {
+    MtlsIncoming {
+        listener,
+        tls,
+        handshakes: futures::stream::FuturesUnordered::new(),
+        pause: None,
+    }
 }
 
 /// Serves the push API on `listener` over mTLS until `shutdown` completes.

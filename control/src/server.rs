@@ -47,8 +47,10 @@ use crate::error::ControlError;
 use crate::fsutil::{PUBLIC_MODE, create_private_dir, write_atomic};
 use crate::peer::{ClientCertificate, PeerInfo};
 use crate::publish::{self, Published};
+use crate::push::PushServer;
 use crate::service::CaService;
 use crate::serving::{ServingCert, ServingCertResolver};
+use crate::store::{ConfigSource, Snapshot};
 use crate::tls::{self, MeshClientVerifier};
 use crate::token_key;
 
@@ -94,6 +96,14 @@ fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
 #[derive(Debug)]
 pub struct ControlPlane {
     shared: Arc<Shared>,
+    push: Option<Push>,
+}
+
+/// The config push service served beside the CA, and where its snapshots come from.
+#[derive(Debug, Clone)]
+struct Push {
+    server: PushServer,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
 /// Every CRL to publish, PEM, concatenated; and the signing CA's CRL, DER.
@@ -116,7 +126,7 @@ impl ControlPlane {
         let jwks_stamps = config
             .token_jwks
             .iter()
-            .map(|p| (p.clone(), file_stamp(p)))
+            .map(|i| (i.jwks.clone(), file_stamp(&i.jwks)))
             .collect();
         let keys = token_keys(&token_key, &paths.token_key, &config.token_jwks)?;
         let options = CaOptions {
@@ -163,6 +173,7 @@ impl ControlPlane {
         ));
         let now = Instant::now();
         let this = Self {
+            push: None,
             shared: Arc::new(Shared {
                 provider,
                 ca,
@@ -196,6 +207,25 @@ impl ControlPlane {
         &self.shared.ca
     }
 
+    /// Serves the config push API (`warden.config.v1.ConfigDiscovery`) of `source` on the same
+    /// listener as the CA. A proxy subscribes with its mesh workload certificate as TLS client
+    /// certificate: the identity it gets config for is the one in that certificate (verified at
+    /// the handshake against the CA's roots, and checked here for expiry and revocation when the
+    /// stream opens). With [`ControlConfig::debug_listen`] set, the proxies table is served there
+    /// too (`warden control status`).
+    pub fn with_config_source(mut self, source: &dyn ConfigSource) -> Self {
+        let ca = self.shared.ca.clone();
+        let server = PushServer::new(source).with_peer_extractor(move |ext| {
+            let peer = ext.get::<Arc<PeerInfo>>()?;
+            push_peer(&ca, peer)
+        });
+        self.push = Some(Push {
+            server,
+            snapshots: source.subscribe(),
+        });
+        self
+    }
+
     /// Binds the listener and starts serving and the maintenance loop on the current tokio
     /// runtime.
     pub async fn start(self) -> Result<RunningControlPlane, ControlError> {
@@ -214,16 +244,46 @@ impl ControlPlane {
         )?;
         log_start(&shared, local_addr);
 
+        let push = self.push;
+        let debug = match (&push, shared.config.debug_listen) {
+            (Some(push), Some(addr)) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ControlError::Bind { addr, source })?;
+                let debug_addr = listener
+                    .local_addr()
+                    .map_err(|source| ControlError::Bind { addr, source })?;
+                Some((listener, debug_addr, push.clone()))
+            }
+            _ => None,
+        };
+
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let debug_addr = debug.map(|(listener, debug_addr, push)| {
+            let mut stop = shutdown_rx.clone();
+            tokio::spawn(crate::status::serve_debug(
+                listener,
+                push.server,
+                push.snapshots,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ));
+            tracing::info!(debug_addr = %debug_addr, "proxy status on http://{debug_addr}/debug/proxies");
+            debug_addr
+        });
         let maintenance = tokio::spawn(maintenance_loop(shared.clone(), shutdown_rx.clone()));
         let server = tokio::spawn(accept_loop(
             listener,
             TlsAcceptor::from(Arc::new(tls_config)),
             shared.clone(),
+            push.as_ref().map(|p| p.server.clone()),
             shutdown_rx,
         ));
         Ok(RunningControlPlane {
             local_addr,
+            debug_addr,
+            push: push.map(|p| p.server),
             shared,
             shutdown_tx,
             server,
@@ -266,6 +326,8 @@ fn log_start(shared: &Shared, local_addr: SocketAddr) {
 #[derive(Debug)]
 pub struct RunningControlPlane {
     local_addr: SocketAddr,
+    debug_addr: Option<SocketAddr>,
+    push: Option<PushServer>,
     shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
@@ -281,6 +343,17 @@ impl RunningControlPlane {
     /// The CA.
     pub fn ca(&self) -> &Arc<CertificateAuthority> {
         &self.shared.ca
+    }
+
+    /// Where the proxy status endpoint listens, when the push API and
+    /// [`ControlConfig::debug_listen`] are both on.
+    pub fn debug_addr(&self) -> Option<SocketAddr> {
+        self.debug_addr
+    }
+
+    /// The push service, when serving config ([`ControlPlane::with_config_source`]).
+    pub fn push(&self) -> Option<&PushServer> {
+        self.push.as_ref()
     }
 
     /// The trust bundle it publishes, PEM.
@@ -302,6 +375,11 @@ impl RunningControlPlane {
     /// Stops accepting, lets open connections finish for up to the drain timeout, then closes
     /// what is left.
     pub async fn shutdown(self) {
+        // Subscription streams live as long as their proxy: end them, or the drain would wait
+        // for the full timeout. Proxies reconnect (to this control plane's successor).
+        if let Some(push) = &self.push {
+            push.close_streams();
+        }
         let _ = self.shutdown_tx.send(true);
         let _ = self.maintenance.await;
         let _ = self.server.await;
@@ -313,10 +391,16 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
+    push: Option<PushServer>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let grpc =
-        Routes::new(CaService::new(shared.ca.clone(), shared.auth.clone()).into_server()).prepare();
+    // One router: the CA service, and the config push service when configured.
+    let mut routes =
+        Routes::new(CaService::new(shared.ca.clone(), shared.auth.clone()).into_server());
+    if let Some(push) = push {
+        routes = routes.add_service(push.service());
+    }
+    let grpc = routes.prepare();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -417,6 +501,40 @@ async fn accept_loop(
         tracing::warn!("connections still open after {drain:?}: closing them");
     }
     connections.shutdown().await;
+}
+
+/// The identity a config subscriber gets config for: its mesh client certificate, if it presented
+/// one that has not expired or been revoked since the connection opened. `None` refuses the
+/// subscription (`UNAUTHENTICATED`).
+fn push_peer(ca: &CertificateAuthority, peer: &PeerInfo) -> Option<crate::push::PeerInfo> {
+    let refuse = |reason: &dyn std::fmt::Display| {
+        tracing::info!(peer = %peer.remote_addr, "config subscription refused: {reason}");
+        None
+    };
+    match &peer.client_cert {
+        None => refuse(&"no client certificate"),
+        Some(ClientCertificate::Unusable { reason }) => refuse(reason),
+        Some(ClientCertificate::Mesh {
+            identity,
+            serial,
+            not_after,
+        }) => {
+            if *not_after <= OffsetDateTime::now_utc() {
+                return refuse(&format!(
+                    "client certificate {serial} expired at {not_after}"
+                ));
+            }
+            match ca.is_serial_revoked(serial) {
+                Ok(false) => Some(crate::push::PeerInfo {
+                    identity: identity.clone(),
+                    not_after: Some(*not_after),
+                }),
+                Ok(true) => refuse(&format!("client certificate {serial} is revoked")),
+                // Fail closed: the CA cannot tell.
+                Err(e) => refuse(&format!("revocation state unreadable: {e}")),
+            }
+        }
+    }
 }
 
 async fn maintenance_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {

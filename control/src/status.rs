@@ -139,20 +139,21 @@ pub async fn fetch(addr: SocketAddr) -> Result<Vec<ProxyStatus>, StatusError> {
     })
 }
 
-/// Renders proxies as a table: NAME, IDENTITY, TYPE, VERSION, SYNC, LAST NACK, CERT EXPIRY,
-/// CONNECTED SINCE.
+/// Renders proxies as a table: NAME, IDENTITY, TYPE, VERSION (sent), ACKED, SYNC, CERT EXPIRY,
+/// CONNECTED SINCE, LAST NACK (version and the proxy's error).
 pub fn render_table(proxies: &[ProxyStatus]) -> String {
     let header = [
         "NAME",
         "IDENTITY",
         "TYPE",
         "VERSION",
+        "ACKED",
         "SYNC",
         "CERT EXPIRY",
         "CONNECTED SINCE",
         "LAST NACK",
     ];
-    let rows: Vec<[String; 8]> = proxies
+    let rows: Vec<[String; 9]> = proxies
         .iter()
         .map(|p| {
             [
@@ -168,6 +169,7 @@ pub fn render_table(proxies: &[ProxyStatus]) -> String {
                 p.identity.clone(),
                 p.proxy_type.clone(),
                 p.version_sent.to_string(),
+                p.version_acked.to_string(),
                 p.sync_state().to_owned(),
                 p.cert_expiry.clone(),
                 p.connected_since.clone(),

@@ -12,6 +12,9 @@
 //!   50 ms apart agree (debounce: a file being written is not read half-way).
 //! - A new snapshot is built completely, then swapped in atomically (`watch` channel); its version
 //!   increases by one for every change of the effective config, never for a rejected edit.
+//! - Versions start from the store's start time (see [`version_base`]), so a restarted control
+//!   plane never reuses a version an earlier run gave to different content: a proxy that compares
+//!   versions always sees the restarted control plane's snapshots as newer.
 //!
 //! [`ConfigSource`] is what the push server consumes, so a Kubernetes source (see
 //! `docs/config.md`) can replace [`FileStore`] without touching the push code.
@@ -20,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use warden_policy::config::parse_config_file;
@@ -29,6 +32,21 @@ use warden_policy::mesh::MeshConfig;
 use warden_policy::networking::{NetworkingResource, interpret_networking};
 use warden_policy::resource::{Interpreted, interpret};
 use warden_policy::{Resource, ResourceId};
+
+/// Bits of a version left for the changes of one run (about a million; more carry into the time
+/// part, which keeps versions increasing).
+const CHANGE_BITS: u32 = 20;
+
+/// The version base of a store started at `now`: its Unix time in milliseconds shifted left by 20
+/// bits. Versions of a later run (started at least a millisecond later, with a clock that did not
+/// step back) are therefore higher than every version of an earlier run, so a restarted control
+/// plane's snapshots are never mistaken for old ones.
+pub fn version_base(now: SystemTime) -> u64 {
+    let ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    u64::try_from(ms).unwrap_or(u64::MAX >> CHANGE_BITS) << CHANGE_BITS
+}
 
 /// A source of config snapshots: the file store, or (later) Kubernetes.
 pub trait ConfigSource: Send + Sync + 'static {
@@ -50,7 +68,8 @@ pub struct Entry<T> {
 /// An immutable, complete, validated view of the mesh configuration.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Increases by one on every change of the effective config (starts at 1).
+    /// Increases by one on every change of the effective config. The first snapshot of a store
+    /// is [`version_base`] of its start time, plus 1.
     pub version: u64,
     /// MeshConfig.
     pub mesh: MeshConfig,
@@ -122,6 +141,11 @@ struct State {
     mesh: Option<(MeshConfig, Arc<str>)>,
     mesh_error: Option<String>,
     fingerprint: u64,
+    /// Snapshots published so far.
+    published: u64,
+    /// The version of the next snapshot is `base + published + 1`.
+    base: u64,
+    /// The current version.
     version: u64,
 }
 
@@ -152,9 +176,20 @@ impl ConfigSource for FileStore {
 }
 
 impl FileStore {
-    /// Loads `dir` (and `mesh_file`, if given; Istio's defaults otherwise) and publishes
-    /// version 1. Invalid files are reported in [`Snapshot::errors`] and left out.
+    /// Loads `dir` (and `mesh_file`, if given; Istio's defaults otherwise) and publishes the
+    /// first snapshot, version [`version_base`]`(now) + 1`. Invalid files are reported in
+    /// [`Snapshot::errors`] and left out.
     pub fn open(dir: impl Into<PathBuf>, mesh_file: Option<PathBuf>) -> Result<Self, StoreError> {
+        Self::open_at(dir, mesh_file, version_base(SystemTime::now()))
+    }
+
+    /// [`FileStore::open`] with versions counted from `base` (tests; a source that keeps its
+    /// counter elsewhere).
+    pub fn open_at(
+        dir: impl Into<PathBuf>,
+        mesh_file: Option<PathBuf>,
+        base: u64,
+    ) -> Result<Self, StoreError> {
         let dir = dir.into();
         std::fs::read_dir(&dir).map_err(|source| StoreError::Directory {
             path: dir.clone(),
@@ -163,7 +198,11 @@ impl FileStore {
         let store = FileStore {
             dir,
             mesh_file,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                base,
+                version: base,
+                ..State::default()
+            }),
             tx: watch::Sender::new(Arc::new(Snapshot::default())),
         };
         store.reload();
@@ -371,9 +410,10 @@ impl FileStore {
         errors.extend(dup_errors);
         snap.errors = errors.clone();
         let fp = snap.fingerprint();
-        let published = st.version == 0 || fp != st.fingerprint;
+        let published = st.published == 0 || fp != st.fingerprint;
         if published {
-            st.version += 1;
+            st.published += 1;
+            st.version = st.base + st.published;
             st.fingerprint = fp;
             snap.version = st.version;
             tracing::info!(

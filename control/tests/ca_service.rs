@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use tonic::Code;
-use warden_control::CaSource;
 use warden_control::admin::{self, RootOperation};
+use warden_control::{CaSource, TokenIssuer};
 use warden_identity::TrustDomain;
 use warden_policy::jwt::k8s::{SaTokenSpec, mint};
 use warden_policy::jwt::{Algorithm, SigningKey, jwks_json};
@@ -628,6 +628,16 @@ async fn a_plugin_ca_that_cannot_sign_crls_still_issues_and_enforces_revocation(
     h.cp.shutdown().await;
 }
 
+const CLUSTER_A: &str = "https://cluster-a.example";
+const CLUSTER_B: &str = "https://cluster-b.example";
+
+fn spec_of(issuer: &str) -> SaTokenSpec {
+    SaTokenSpec {
+        issuer: issuer.to_owned(),
+        ..SaTokenSpec::new("apps", "api")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_issuer_keys_from_a_jwks_file_follow_the_file() {
     let issuer_a = SigningKey::generate(Algorithm::ES256).unwrap();
@@ -636,14 +646,17 @@ async fn token_issuer_keys_from_a_jwks_file_follow_the_file() {
     let h = start(|dir, c| {
         let p = dir.join("cluster-jwks.json");
         std::fs::write(&p, jwks_json([issuer_a.public_jwk().unwrap()])).unwrap();
-        c.token_jwks = vec![p.clone()];
+        c.token_jwks = vec![TokenIssuer {
+            issuer: CLUSTER_A.into(),
+            jwks: p.clone(),
+        }];
         *jwks_path.lock().unwrap() = Some(p);
     })
     .await;
     let jwks_path = jwks_path.into_inner().unwrap().unwrap();
     let mut client = h.client().await;
     let (_, csr) = key_and_csr(&id("x", "y"));
-    let spec = SaTokenSpec::new("apps", "api");
+    let spec = spec_of(CLUSTER_A);
     let token_a = mint(&issuer_a, &spec, SystemTime::now()).unwrap();
     let token_b = mint(&issuer_b, &spec, SystemTime::now()).unwrap();
     let resp = create(&mut client, request(&csr, 0, Some(&token_a)))
@@ -676,6 +689,98 @@ async fn token_issuer_keys_from_a_jwks_file_follow_the_file() {
         .await
         .unwrap();
     h.cp.shutdown().await;
+}
+
+/// Each JWKS file is pinned to its issuer: a token is accepted only with the keys of the issuer
+/// it claims, never with another configured issuer's keys or the control plane's own key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_verified_only_with_its_own_issuers_keys() {
+    let key_a = SigningKey::generate(Algorithm::ES256).unwrap();
+    let key_b = SigningKey::generate(Algorithm::RS256).unwrap();
+    let own_key = std::sync::Mutex::new(None);
+    let h = start(|dir, c| {
+        let a = dir.join("a-jwks.json");
+        let b = dir.join("b-jwks.json");
+        std::fs::write(&a, jwks_json([key_a.public_jwk().unwrap()])).unwrap();
+        std::fs::write(&b, jwks_json([key_b.public_jwk().unwrap()])).unwrap();
+        c.token_jwks = vec![
+            TokenIssuer {
+                issuer: CLUSTER_A.into(),
+                jwks: a,
+            },
+            TokenIssuer {
+                issuer: CLUSTER_B.into(),
+                jwks: b,
+            },
+        ];
+        *own_key.lock().unwrap() = Some(c.paths());
+    })
+    .await;
+    let paths = own_key.into_inner().unwrap().unwrap();
+    let mut client = h.client().await;
+    let (_, csr) = key_and_csr(&id("x", "y"));
+    let now = SystemTime::now();
+    let shared_client = client.clone();
+    let refused = |token: String, why: &'static str| {
+        let mut client = shared_client.clone();
+        let csr = csr.clone();
+        async move {
+            let err = create(&mut client, request(&csr, 0, Some(&token)))
+                .await
+                .expect_err(why);
+            assert_eq!(err.code(), Code::Unauthenticated, "{why}: {err:?}");
+            err.message().to_owned()
+        }
+    };
+
+    // Each issuer with its own key: accepted.
+    for (key, iss) in [(&key_a, CLUSTER_A), (&key_b, CLUSTER_B)] {
+        let t = mint(key, &spec_of(iss), now).unwrap();
+        create(&mut client, request(&csr, 0, Some(&t)))
+            .await
+            .unwrap_or_else(|e| panic!("{iss} with its own key: {e:?}"));
+    }
+    // B's key cannot vouch for A, nor A's for B.
+    let msg = refused(
+        mint(&key_b, &spec_of(CLUSTER_A), now).unwrap(),
+        "A's token signed by B",
+    )
+    .await;
+    assert!(msg.contains("unknown key"), "{msg}");
+    refused(
+        mint(&key_a, &spec_of(CLUSTER_B), now).unwrap(),
+        "B's token signed by A",
+    )
+    .await;
+    // An unpinned issuer is the own key's alone: A's key cannot sign for it.
+    refused(
+        mint(&key_a, &spec_of("https://elsewhere.example"), now).unwrap(),
+        "an unpinned issuer signed by A",
+    )
+    .await;
+    // The control plane's own key cannot sign for a pinned issuer.
+    let own = warden_control::token_key::mint_token(&paths, &spec_of(CLUSTER_A), now).unwrap();
+    refused(own, "A's token signed by the own key").await;
+    // ... but signs for any other issuer.
+    let own =
+        warden_control::token_key::mint_token(&paths, &spec_of("https://local"), now).unwrap();
+    create(&mut client, request(&csr, 0, Some(&own)))
+        .await
+        .expect("the own key for an unpinned issuer");
+    h.cp.shutdown().await;
+}
+
+#[test]
+fn token_issuer_flag_forms() {
+    let i: TokenIssuer = "https://kubernetes.default.svc=/etc/jwks.json"
+        .parse()
+        .unwrap();
+    assert_eq!(i.issuer, "https://kubernetes.default.svc");
+    assert_eq!(i.jwks, std::path::PathBuf::from("/etc/jwks.json"));
+    let err = "/etc/jwks.json".parse::<TokenIssuer>().unwrap_err();
+    assert!(err.to_string().contains("expected ISSUER=FILE"), "{err}");
+    assert!("=/etc/jwks.json".parse::<TokenIssuer>().is_err());
+    assert!("https://x=".parse::<TokenIssuer>().is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,7 +206,8 @@ fn store_reports_invalid_yaml_and_keeps_the_files_last_good_version() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "a.yaml", &authz("shop", "allow-client", None));
     write(dir.path(), "b.yaml", SERVICE);
-    let store = FileStore::open(dir.path(), None).unwrap();
+    // Versions counted from 0 here; `FileStore::open` counts from its start time.
+    let store = FileStore::open_at(dir.path(), None, 0).unwrap();
     let v1 = store.current();
     assert_eq!(v1.version, 1);
     assert_eq!(v1.security.len(), 1);
@@ -331,7 +332,7 @@ async fn proxies_receive_only_what_applies_to_them_and_changes_reach_them() {
         .join("---\n"),
     );
     write(dir.path(), "services.yaml", SERVICE);
-    let store = Arc::new(FileStore::open(dir.path(), None).unwrap());
+    let store = Arc::new(FileStore::open_at(dir.path(), None, 0).unwrap());
     let server = Running::start(&mesh, store.as_ref(), "127.0.0.1:0").await;
 
     let web = subscribe(&mesh, server.addr, "shop", "web", "shop", &[("app", "web")]);
@@ -504,6 +505,8 @@ async fn restarted_control_plane_resyncs_subscribers_that_kept_their_config() {
     let sub = subscribe(&mesh, addr, "shop", "web", "shop", &[]);
     let got = wait_version(&sub, 1).await;
     assert!(got.config.names.contains("AuthorizationPolicy/shop/before"));
+    let first_version = got.version;
+    assert_eq!(first_version, store.current().version);
 
     server.stop().await;
     let mut st = sub.status();
@@ -520,9 +523,17 @@ async fn restarted_control_plane_resyncs_subscribers_that_kept_their_config() {
             .contains("AuthorizationPolicy/shop/before")
     );
 
-    // A new control plane (fresh store, new content, version starts over) on the same port.
+    // A new control plane (fresh store, new content) on the same port. Its versions start from
+    // its own start time: higher than anything the first one sent.
     write(dir.path(), "a.yaml", &authz("shop", "after", None));
     let store2 = FileStore::open(dir.path(), None).unwrap();
+    assert!(
+        store2.current().version > first_version,
+        "a restarted store's first version {} must exceed the earlier run's {first_version}",
+        store2.current().version
+    );
+    // The port is free again as soon as the first server has stopped (the listener is owned by
+    // the server's incoming stream, not by a task that closes it later).
     let server2 = Running::start(&mesh, &store2, &addr.to_string()).await;
     let mut rx = sub.config();
     let resynced = tokio::time::timeout(WAIT, async {
@@ -542,6 +553,7 @@ async fn restarted_control_plane_resyncs_subscribers_that_kept_their_config() {
             .names
             .contains("AuthorizationPolicy/shop/before")
     );
+    assert_eq!(resynced.version, store2.current().version);
     assert!(sub.status().borrow().connects >= 2);
     server2.stop().await;
 }

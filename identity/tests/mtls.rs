@@ -419,16 +419,20 @@ async fn a_revoked_peer_is_refused_on_the_next_handshake() {
 }
 
 #[tokio::test]
-async fn sessions_resume_and_keep_the_peer_identity_across_rotation() {
+async fn sessions_resume_within_a_certificate_and_start_over_after_a_rotation() {
     let mesh = Mesh::new();
     let (sid, cid) = (id("a", "server"), id("b", "client"));
     let server = mesh.provider(&sid);
     let client = mesh.provider(&cid);
     let mut kinds = Vec::new();
-    for round in 0..4 {
+    for round in 0..6 {
         if round == 2 {
-            // Rotation: both get new certificates with the same trust; resumption carries over.
+            // The server rotates (same trust): tickets issued under its previous certificate
+            // are not accepted any more (they would carry it past its expiry).
             server.install(&mesh.issue(&sid, 3600).creds).unwrap();
+        }
+        if round == 4 {
+            // The client rotates: its sessions carried the old certificate and are dropped.
             client.install(&mesh.issue(&cid, 3600).creds).unwrap();
         }
         let (a, b) = handshake(&server, &client, std::slice::from_ref(&sid), Alpn::Http2).await;
@@ -440,15 +444,48 @@ async fn sessions_resume_and_keep_the_peer_identity_across_rotation() {
         assert_eq!(peer_identity(cs.get_ref().1), Some(sid.clone()));
         kinds.push(cs.get_ref().1.handshake_kind());
     }
+    use HandshakeKind::{Full, Resumed};
     assert_eq!(
         kinds,
         [
-            Some(HandshakeKind::Full),
-            Some(HandshakeKind::Resumed),
-            Some(HandshakeKind::Resumed),
-            Some(HandshakeKind::Resumed)
+            Some(Full),
+            Some(Resumed),
+            Some(Full),
+            Some(Resumed),
+            Some(Full),
+            Some(Resumed)
         ]
     );
+}
+
+#[tokio::test]
+async fn no_session_is_resumed_past_the_certificates_it_was_made_with() {
+    let mesh = Mesh::new();
+    let (sid, cid) = (id("a", "server"), id("b", "client"));
+    // The server's first certificate lives 3 seconds; it is renewed before it expires.
+    let first = mesh.issue(&sid, 3);
+    let server = TlsProvider::new(TlsSettings::default()).unwrap();
+    server.install(&first.creds).unwrap();
+    let client = mesh.provider(&cid);
+    let (a, b) = handshake(&server, &client, std::slice::from_ref(&sid), Alpn::Tcp).await;
+    a.unwrap();
+    assert_eq!(
+        b.unwrap().0.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Full)
+    );
+    server.install(&mesh.issue(&sid, 3600).creds).unwrap();
+    // Past the first certificate's expiry, the client's ticket (issued under it) has expired
+    // too: a full handshake with the new certificate, not a resumption that would fail.
+    let wait = first.creds.not_after() - time::OffsetDateTime::now_utc();
+    tokio::time::sleep(std::time::Duration::from_secs_f64(
+        wait.as_seconds_f64().max(0.0) + 0.2,
+    ))
+    .await;
+    let (a, b) = handshake(&server, &client, std::slice::from_ref(&sid), Alpn::Tcp).await;
+    a.expect("the server accepts");
+    let (cs, peer) = b.expect("no handshake fails after the server's renewal");
+    assert_eq!(peer, sid);
+    assert_eq!(cs.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
 }
 
 #[tokio::test]

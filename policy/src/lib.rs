@@ -62,7 +62,9 @@ pub use authz::{
 };
 pub use document::{Document, ObjectMeta};
 pub use error::{Advice, ConfigError, ConfigWarning, Location, Problem, ResourceId, ResourceKind};
-pub use load::{FileReport, LastGoodConfig, LoadError, LoadReport, load_path, parse_file};
+pub use load::{
+    FileReport, LastGoodConfig, LoadError, LoadReport, load_path, parse_file, yaml_files,
+};
 pub use path::{PathError, PathNormalization, normalize_path};
 pub use peer_authn::{EffectivePeerAuthentication, ModeSource, MtlsPolicy};
 pub use request::{ConnectionContext, HttpRequest, Request, RequestAuth};

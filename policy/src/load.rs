@@ -161,9 +161,9 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Loads a `.yaml`/`.yml` file, or every such file under a directory (recursively, sorted by
-/// path, hidden entries skipped). An unreadable file is an error in its own [`FileReport`].
-pub fn load_path(path: &Path) -> Result<LoadReport, LoadError> {
+/// The files [`load_path`] reads: `path` itself when it is a file, else every `.yaml`/`.yml`
+/// file under it (recursively, sorted by path, hidden entries skipped).
+pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let metadata = std::fs::metadata(path).map_err(|source| LoadError {
         path: path.to_owned(),
         source,
@@ -175,7 +175,13 @@ pub fn load_path(path: &Path) -> Result<LoadReport, LoadError> {
     } else {
         paths.push(path.to_owned());
     }
-    let files = paths
+    Ok(paths)
+}
+
+/// Loads a `.yaml`/`.yml` file, or every such file under a directory (recursively, sorted by
+/// path, hidden entries skipped). An unreadable file is an error in its own [`FileReport`].
+pub fn load_path(path: &Path) -> Result<LoadReport, LoadError> {
+    let files = yaml_files(path)?
         .into_iter()
         .map(|p| match std::fs::read_to_string(&p) {
             Ok(text) => parse_file(&p, &text),

@@ -125,6 +125,7 @@ fn config_dump(shared: &Shared) -> serde_json::Value {
     let policy = policy.as_ref().map(|p| {
         serde_json::json!({
             "generation": p.generation,
+            "origin": &p.origin,
             "peer_authentication": &p.compiled.peer_authentication,
             "authorization_policies": p.compiled.authz.policies().iter().map(|cp| serde_json::json!({
                 "policy": cp.id().to_string(),
@@ -147,34 +148,16 @@ fn config_dump(shared: &Shared) -> serde_json::Value {
         "outbound_traffic_policy": c.outbound_traffic_policy,
         "policy": policy,
         "registry": shared.registry.load().dump(),
+        "control_plane": shared.config_status().map(|s| serde_json::json!({
+            "connected": s.connected,
+            "connects": s.connects,
+            "last_error": s.last_error,
+            "last_nack": s.last_nack.map(|(v, e)| serde_json::json!({"version": v, "error": e})),
+        })),
         "active_connections": shared.drain.active(),
     })
 }
 
 fn certs(shared: &Shared) -> serde_json::Value {
-    let Some(cur) = shared.tls.current() else {
-        return serde_json::json!({"certificates": [], "reason": shared.readiness().err()});
-    };
-    let fmt = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
-    };
-    let not_after = cur.not_after();
-    let secs_left = (not_after - time::OffsetDateTime::now_utc()).whole_seconds();
-    serde_json::json!({
-        "identity": cur.identity().as_str(),
-        "not_after": fmt(not_after),
-        "seconds_until_expiry": secs_left,
-        "trust_domain": cur.trust().trust_domain().as_str(),
-        "roots": cur.trust().roots().len(),
-        "chain": chain_info(shared),
-    })
-}
-
-fn chain_info(shared: &Shared) -> Vec<serde_json::Value> {
-    shared
-        .chain
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
+    crate::cert_source::certs_page(shared)
 }

@@ -3,9 +3,11 @@
 //!
 //! Environment variables (Istio's names where one exists): `CA_ADDR`, `TRUST_DOMAIN`,
 //! `POD_NAME`, `POD_NAMESPACE`, `SERVICE_ACCOUNT`, `ISTIO_METAJSON_LABELS` (a JSON object of pod
-//! labels), `TERMINATION_DRAIN_DURATION_SECONDS`, and Warden's own `WARDEN_CERT_DIR`,
-//! `WARDEN_CONFIG_DIR`, `WARDEN_LABELS_FILE`. Errors name the file field or the variable, and the
-//! bad value.
+//! labels), `TERMINATION_DRAIN_DURATION_SECONDS`, `SECRET_TTL`, `CA_SERVER_NAME`,
+//! `DISCOVERY_ADDRESS`, the agent's other variables (see
+//! [`warden_identity::agent::AgentConfig::from_lookup`]), and Warden's own `WARDEN_CERT_DIR`,
+//! `WARDEN_CONFIG_DIR`, `WARDEN_LABELS_FILE`, `WARDEN_TOKEN_FILE`, `WARDEN_ROOT_CERT`,
+//! `WARDEN_KEY_ALGORITHM`. Errors name the file field or the variable, and the bad value.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use warden_identity::{SpiffeId, TrustDomain};
+use warden_identity::agent::AgentConfig;
+use warden_identity::{KeyAlgorithm, SpiffeId, TrustDomain};
 use warden_policy::duration::parse_duration;
 
 /// What went wrong reading the configuration.
@@ -60,20 +63,32 @@ pub enum ConfigError {
 }
 
 /// Where the workload certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CertSource {
-    /// `cert-chain.pem`, `key.pem` and `root-cert.pem` in a directory (`warden certs workload`
-    /// output, or Istio's `/etc/certs` layout), re-read when they change.
+    /// `cert-chain.pem`, `key.pem` and `root-cert.pem` (and optionally `crl.pem`) in a
+    /// directory (`warden certs workload` output, or Istio's `/etc/certs` layout), re-read when
+    /// they change ([`warden_identity::agent::StaticSource`]).
     StaticDir(PathBuf),
-    /// The mesh CA (Istio's CA protocol): address, service-account token file, root bundle.
-    Ca {
-        /// `host:port` of the CA (`CA_ADDR`).
-        address: String,
-        /// The credential sent with the CSR.
-        token_file: PathBuf,
-        /// The CA's root bundle (PEM).
-        root_cert: PathBuf,
-    },
+    /// The mesh CA (Istio's CA protocol) through the embedded agent
+    /// ([`warden_identity::agent::CaAgent`]): address, token file, root bundle, key algorithm,
+    /// lifetime, renewal settings.
+    Ca(Box<AgentConfig>),
+}
+
+/// The identity Warden's control plane (and istiod) serves with, in trust domain `td`.
+pub fn default_control_plane_identity(td: &TrustDomain) -> SpiffeId {
+    // `istio-system` and `istiod` are valid names: this cannot fail.
+    SpiffeId::istio(td, "istio-system", "istiod").unwrap_or_else(|_| td.id())
+}
+
+/// The control plane to subscribe to for configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneSource {
+    /// `host:port` of its push API (`config.controlPlane`, `DISCOVERY_ADDRESS`, else `CA_ADDR`).
+    pub address: String,
+    /// Identities it may present (secure naming); by default
+    /// `spiffe://<trust domain>/ns/istio-system/sa/istiod`.
+    pub identities: Vec<SpiffeId>,
 }
 
 /// Where mesh configuration (policies, registry) comes from.
@@ -81,8 +96,8 @@ pub enum CertSource {
 pub enum ConfigSource {
     /// A local directory (or file) of Istio YAML, re-read every `reload_interval`.
     Directory(PathBuf),
-    /// The control plane's push API at `host:port`.
-    ControlPlane(String),
+    /// The control plane's push API.
+    ControlPlane(ControlPlaneSource),
 }
 
 /// Where traffic to hosts outside the registry goes (Istio's `outboundTrafficPolicy.mode`).
@@ -183,7 +198,7 @@ pub struct InboundSettings {
 }
 
 /// The whole, validated sidecar configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SidecarConfig {
     /// The workload.
     pub identity: WorkloadIdentity,
@@ -300,8 +315,11 @@ struct RawIdentity {
 struct RawCerts {
     static_dir: Option<PathBuf>,
     ca_address: Option<String>,
+    ca_server_name: Option<String>,
     token_file: Option<PathBuf>,
     root_cert: Option<PathBuf>,
+    key_algorithm: Option<String>,
+    ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -309,6 +327,8 @@ struct RawCerts {
 struct RawConfigSource {
     directory: Option<PathBuf>,
     control_plane: Option<String>,
+    #[serde(default)]
+    control_plane_identities: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -491,6 +511,97 @@ pub fn parse_labels_file(path: &Path, text: &str) -> Result<BTreeMap<String, Str
     Ok(out)
 }
 
+/// `(origin, field, value)` must be `host:port`.
+fn host_port(v: &(String, String, String)) -> Result<(), ConfigError> {
+    let ok =
+        v.2.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(&v.0, &v.1, &v.2, "expected host:port"))
+    }
+}
+
+/// The agent's configuration: the sidecar's identity, CA address and the `certificates` fields
+/// (each overridden by its environment variable), then the agent's own variables.
+fn agent_config(
+    origin: &str,
+    ca: &(String, String, String),
+    rc: RawCerts,
+    identity: &WorkloadIdentity,
+    env: EnvLookup<'_>,
+) -> Result<AgentConfig, ConfigError> {
+    host_port(ca)?;
+    let token = pick(
+        origin,
+        "certificates.tokenFile",
+        "WARDEN_TOKEN_FILE",
+        rc.token_file.map(|p| p.display().to_string()),
+        env,
+    );
+    let root = pick(
+        origin,
+        "certificates.rootCert",
+        "WARDEN_ROOT_CERT",
+        rc.root_cert.map(|p| p.display().to_string()),
+        env,
+    );
+    let server_name = pick(
+        origin,
+        "certificates.caServerName",
+        "CA_SERVER_NAME",
+        rc.ca_server_name,
+        env,
+    );
+    let key = pick(
+        origin,
+        "certificates.keyAlgorithm",
+        "WARDEN_KEY_ALGORITHM",
+        rc.key_algorithm,
+        env,
+    );
+    if let Some(k) = &key
+        && let Err(e) = k.2.parse::<KeyAlgorithm>()
+    {
+        return Err(invalid(&k.0, &k.1, &k.2, e.to_string()));
+    }
+    let ttl = pick(origin, "certificates.ttl", "SECRET_TTL", rc.ttl, env);
+    if let Some(t) = &ttl {
+        match warden_identity::agent::parse_duration(&t.2) {
+            Ok(d) if !d.is_zero() => {}
+            Ok(_) => return Err(invalid(&t.0, &t.1, &t.2, "must be positive")),
+            Err(e) => return Err(invalid(&t.0, &t.1, &t.2, e)),
+        }
+    }
+    // Every value above is valid: an error from here names an environment variable.
+    let td = identity.trust_domain.as_str().to_owned();
+    let lookup = |k: &str| -> Option<String> {
+        let v = |o: &Option<(String, String, String)>| o.as_ref().map(|x| x.2.clone());
+        match k {
+            "CA_ADDR" => Some(ca.2.clone()),
+            "TRUST_DOMAIN" => Some(td.clone()),
+            "POD_NAMESPACE" => Some(identity.namespace.clone()),
+            "SERVICE_ACCOUNT" => Some(identity.service_account.clone()),
+            "WARDEN_TOKEN_FILE" => v(&token),
+            "WARDEN_ROOT_CERT" => v(&root),
+            "CA_SERVER_NAME" => v(&server_name),
+            "WARDEN_KEY_ALGORITHM" => v(&key),
+            "SECRET_TTL" => v(&ttl),
+            other => env(other),
+        }
+    };
+    AgentConfig::from_lookup(lookup).map_err(|e| match e {
+        warden_identity::agent::ConfigError::Invalid { var, value, reason } => {
+            invalid("environment", var, &value, reason)
+        }
+        warden_identity::agent::ConfigError::Missing { var, what } => ConfigError::Missing {
+            field: what.to_owned(),
+            env: var.to_owned(),
+        },
+    })
+}
+
 fn build(origin: &str, raw: RawConfig, env: EnvLookup<'_>) -> Result<SidecarConfig, ConfigError> {
     // Identity.
     let ri = raw.identity;
@@ -578,19 +689,19 @@ fn build(origin: &str, raw: RawConfig, env: EnvLookup<'_>) -> Result<SidecarConf
     };
 
     // Certificates.
-    let rc = raw.certificates;
+    let mut rc = raw.certificates;
     let static_dir = env("WARDEN_CERT_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or(rc.static_dir);
+        .or(rc.static_dir.take());
     let ca = pick(
         origin,
         "certificates.caAddress",
         "CA_ADDR",
-        rc.ca_address,
+        rc.ca_address.take(),
         env,
     );
-    let certs = match (static_dir, ca) {
+    let certs = match (static_dir, ca.clone()) {
         (Some(dir), None) => CertSource::StaticDir(dir),
         (Some(dir), Some(ca)) => {
             return Err(invalid(
@@ -604,23 +715,7 @@ fn build(origin: &str, raw: RawConfig, env: EnvLookup<'_>) -> Result<SidecarConf
             ));
         }
         (None, Some(ca)) => {
-            if ca
-                .2
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
-                return Err(invalid(&ca.0, &ca.1, &ca.2, "expected host:port"));
-            }
-            CertSource::Ca {
-                address: ca.2,
-                token_file: rc
-                    .token_file
-                    .unwrap_or_else(|| "/var/run/secrets/tokens/istio-token".into()),
-                root_cert: rc
-                    .root_cert
-                    .unwrap_or_else(|| "/var/run/secrets/istio/root-cert.pem".into()),
-            }
+            CertSource::Ca(Box::new(agent_config(origin, &ca, rc, &identity, env)?))
         }
         (None, None) => {
             return Err(ConfigError::Missing {
@@ -635,22 +730,58 @@ fn build(origin: &str, raw: RawConfig, env: EnvLookup<'_>) -> Result<SidecarConf
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or(raw.config.directory);
-    let config = match (dir, raw.config.control_plane) {
+    let cp = pick(
+        origin,
+        "config.controlPlane",
+        "DISCOVERY_ADDRESS",
+        raw.config.control_plane,
+        env,
+    );
+    let config = match (dir, cp) {
         (Some(d), None) => ConfigSource::Directory(d),
-        (None, Some(cp)) => ConfigSource::ControlPlane(cp),
-        (Some(_), Some(cp)) => {
+        (Some(d), Some(cp)) => {
             return Err(invalid(
-                origin,
-                "config.controlPlane",
-                &cp,
-                "both config.directory and config.controlPlane are set; choose one",
+                &cp.0,
+                &cp.1,
+                &cp.2,
+                format!(
+                    "both a config directory ({}) and a control plane are set; choose one",
+                    d.display()
+                ),
             ));
         }
-        (None, None) => {
-            return Err(ConfigError::Missing {
-                field: "config.directory or config.controlPlane".into(),
-                env: "WARDEN_CONFIG_DIR".into(),
-            });
+        (None, cp) => {
+            // Istio's default: the discovery server is where the CA is (istiod:15012).
+            let Some(cp) = cp.or(ca) else {
+                return Err(ConfigError::Missing {
+                    field: "config.directory or config.controlPlane".into(),
+                    env: "WARDEN_CONFIG_DIR, DISCOVERY_ADDRESS or CA_ADDR".into(),
+                });
+            };
+            host_port(&cp)?;
+            let identities = if raw.config.control_plane_identities.is_empty() {
+                vec![default_control_plane_identity(&identity.trust_domain)]
+            } else {
+                raw.config
+                    .control_plane_identities
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| {
+                        SpiffeId::parse(id).map_err(|e| {
+                            invalid(
+                                origin,
+                                &format!("config.controlPlaneIdentities[{i}]"),
+                                id,
+                                e.to_string(),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?
+            };
+            ConfigSource::ControlPlane(ControlPlaneSource {
+                address: cp.2,
+                identities,
+            })
         }
     };
 
@@ -966,14 +1097,103 @@ mod tests {
     fn ca_source_from_env() {
         let yaml = "identity: {namespace: shop}\nconfig: {directory: /cfg}\n";
         let c = parse(yaml, &[("CA_ADDR", "istiod.istio-system.svc:15012")]).unwrap();
-        assert!(
-            matches!(c.certs, CertSource::Ca { ref address, .. } if address == "istiod.istio-system.svc:15012")
+        let CertSource::Ca(agent) = &c.certs else {
+            panic!("{:?}", c.certs)
+        };
+        assert_eq!(agent.ca_addr, "istiod.istio-system.svc:15012");
+        assert_eq!(
+            agent.identity.as_str(),
+            "spiffe://cluster.local/ns/shop/sa/default"
         );
+        assert_eq!(
+            agent.token_file,
+            Path::new(warden_identity::agent::DEFAULT_TOKEN_FILE)
+        );
+        // The config directory is set: no control plane.
+        assert_eq!(c.config, ConfigSource::Directory("/cfg".into()));
         let e = parse(yaml, &[("CA_ADDR", "istiod")]).unwrap_err();
         assert_eq!(
             e.to_string(),
             "environment: CA_ADDR: invalid value \"istiod\": expected host:port"
         );
+    }
+
+    #[test]
+    fn ca_settings_from_file_and_environment() {
+        let yaml = "identity: {namespace: shop, serviceAccount: cart, trustDomain: example.org}\n\
+                    certificates: {caAddress: \"127.0.0.1:15012\", tokenFile: /t, rootCert: /r, keyAlgorithm: rsa-2048, ttl: 1h, caServerName: cp.local}\n";
+        let c = parse(yaml, &[]).unwrap();
+        let CertSource::Ca(agent) = &c.certs else {
+            panic!("{:?}", c.certs)
+        };
+        assert_eq!(agent.token_file, Path::new("/t"));
+        assert_eq!(agent.root_cert_file, Path::new("/r"));
+        assert_eq!(agent.key_algorithm, KeyAlgorithm::Rsa2048);
+        assert_eq!(agent.requested_ttl, Duration::from_secs(3600));
+        assert_eq!(agent.expected_ca_name(), "cp.local");
+        // No config source given: the control plane at the CA's address, as istiod serves both.
+        assert_eq!(
+            c.config,
+            ConfigSource::ControlPlane(ControlPlaneSource {
+                address: "127.0.0.1:15012".into(),
+                identities: vec![
+                    SpiffeId::parse("spiffe://example.org/ns/istio-system/sa/istiod").unwrap()
+                ],
+            })
+        );
+        // The environment wins over the file.
+        let c = parse(
+            yaml,
+            &[
+                ("SECRET_TTL", "90s"),
+                ("WARDEN_TOKEN_FILE", "/env-token"),
+                ("DISCOVERY_ADDRESS", "10.0.0.1:15010"),
+            ],
+        )
+        .unwrap();
+        let CertSource::Ca(agent) = &c.certs else {
+            panic!("{:?}", c.certs)
+        };
+        assert_eq!(agent.requested_ttl, Duration::from_secs(90));
+        assert_eq!(agent.token_file, Path::new("/env-token"));
+        assert!(
+            matches!(&c.config, ConfigSource::ControlPlane(cp) if cp.address == "10.0.0.1:15010")
+        );
+        // Bad values name their field or variable.
+        let e = parse(&yaml.replace("rsa-2048", "dsa"), &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("sidecar.yaml: certificates.keyAlgorithm: invalid value \"dsa\""),
+            "{e}"
+        );
+        let e = parse(yaml, &[("SECRET_TTL", "soon")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("environment: SECRET_TTL: invalid value \"soon\""),
+            "{e}"
+        );
+        let e = parse(yaml, &[("SECRET_GRACE_PERIOD_RATIO", "2")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("environment: SECRET_GRACE_PERIOD_RATIO: invalid value \"2\""),
+            "{e}"
+        );
+        let e = parse(
+            &format!("{yaml}config: {{controlPlaneIdentities: [\"not-spiffe\"]}}\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("config.controlPlaneIdentities[0]: invalid value \"not-spiffe\""),
+            "{e}"
+        );
+        let e = parse(
+            &format!("{yaml}config: {{directory: /d, controlPlane: \"cp:15012\"}}\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("choose one"), "{e}");
     }
 
     #[test]

@@ -4,13 +4,15 @@
 //!
 //! - [`config`]: the sidecar configuration (YAML + Istio's environment variables);
 //! - [`orig_dst`]: `SO_ORIGINAL_DST` behind a trait;
-//! - [`registry`]: what outbound knows about destinations (a thin trait);
+//! - [`registry`]: what outbound knows about destinations (the mesh registry, ready per connection);
 //! - [`detect`], [`l4`], [`inbound`], [`outbound`]: the traffic path;
-//! - [`admin`], [`metrics`], [`drain`], [`sources`]: operations;
+//! - [`cert_source`], [`mesh_config`]: where certificates and mesh config come from;
+//! - [`admin`], [`metrics`], [`drain`]: operations;
 //! - [`server`]: wires it all and runs until drained.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cert_source;
 pub mod config;
 pub mod detect;
 pub mod drain;
@@ -18,12 +20,12 @@ pub mod http;
 pub mod inbound;
 pub mod l4;
 pub mod logging;
+pub mod mesh_config;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
 pub mod registry;
 pub mod server;
-pub mod sources;
 pub mod state;
 
 pub use config::SidecarConfig;

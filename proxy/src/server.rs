@@ -10,9 +10,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::admin::{self, Endpoint};
-use crate::config::{CertSource, ConfigSource};
+use crate::config::ConfigSource;
 use crate::state::Shared;
-use crate::{inbound, outbound, sources};
+use crate::{cert_source, inbound, mesh_config, outbound};
 
 /// The bound listeners of a sidecar.
 #[derive(Debug)]
@@ -63,11 +63,9 @@ impl Listeners {
 /// The sidecar cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A source this build cannot use yet.
-    #[error(
-        "{0} is not supported yet in this build (use a static certificate directory and a local config directory)"
-    )]
-    Unsupported(&'static str),
+    /// The certificate source cannot start (e.g. the CA address does not resolve).
+    #[error("certificate source: {0}")]
+    Certificates(#[from] warden_identity::agent::AgentError),
 }
 
 /// How a run ended.
@@ -81,20 +79,14 @@ pub struct DrainOutcome {
 /// then waits for in-flight connections up to the drain deadline and closes the rest.
 pub async fn run(shared: Arc<Shared>, listeners: Listeners) -> Result<DrainOutcome, StartError> {
     let mut background = JoinSet::new();
-    match &shared.config.certs {
-        CertSource::StaticDir(dir) => {
-            background.spawn(sources::watch_static_certs(shared.clone(), dir.clone()));
-        }
-        CertSource::Ca { .. } => {
-            return Err(StartError::Unsupported("the CA certificate source (agent)"));
-        }
-    }
+    // Runs until dropped at the end of this function.
+    let identity = cert_source::start(&shared)?;
     match &shared.config.config {
         ConfigSource::Directory(dir) => {
-            background.spawn(sources::watch_config_dir(shared.clone(), dir.clone()));
+            background.spawn(mesh_config::watch_directory(shared.clone(), dir.clone()));
         }
-        ConfigSource::ControlPlane(_) => {
-            return Err(StartError::Unsupported("the control-plane config source"));
+        ConfigSource::ControlPlane(cp) => {
+            background.spawn(mesh_config::subscribe(shared.clone(), cp.clone()));
         }
     }
     background.spawn(admin::serve(
@@ -134,6 +126,7 @@ pub async fn run(shared: Arc<Shared>, listeners: Listeners) -> Result<DrainOutco
     out_conns.abort_all();
     in_conns.abort_all();
     background.abort_all();
+    identity.stop().await;
     Ok(DrainOutcome { abandoned })
 }
 

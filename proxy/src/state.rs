@@ -2,9 +2,12 @@
 //! Swapped as a whole when the config changes; read with one atomic load per connection.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::watch;
+use warden_identity::agent::AgentStatus;
+use warden_identity::config_client::SubscriberStatus;
 use warden_identity::tls::TlsProvider;
 use warden_policy::CompiledPolicies;
 
@@ -19,8 +22,10 @@ use crate::registry::ServiceRegistry;
 pub struct PolicyState {
     /// Authorization and PeerAuthentication for this workload.
     pub compiled: CompiledPolicies,
-    /// Bumped on every successful load.
+    /// The version: the control plane's snapshot version, or a counter of local loads.
     pub generation: u64,
+    /// Where it came from (`control plane`, `directory <path>`).
+    pub origin: String,
     /// Problems of the last load (files kept at their last good version, bad entries).
     pub problems: Vec<String>,
 }
@@ -46,12 +51,12 @@ pub struct Shared {
     pub orig_dst: Arc<dyn OriginalDst>,
     /// The runtime log filter, if the process installed one.
     pub log_control: Option<LogControl>,
-    /// The last certificate load problem, for readiness.
-    pub cert_problem: Mutex<Option<String>>,
     /// The L7 state: pooled clients to the app and to peer sidecars, JWT, ext_authz.
     pub l7: crate::http::L7,
-    /// The installed chain, described for `/certs`.
-    pub chain: Mutex<Vec<serde_json::Value>>,
+    /// The certificate source's status (set once it started).
+    cert_status: OnceLock<watch::Receiver<AgentStatus>>,
+    /// The control-plane subscription's status (set once it started).
+    config_status: OnceLock<watch::Receiver<SubscriberStatus>>,
 }
 
 impl Shared {
@@ -73,9 +78,29 @@ impl Shared {
             drain: Drain::new(),
             orig_dst,
             log_control,
-            cert_problem: Mutex::new(None),
-            chain: Mutex::new(Vec::new()),
+            cert_status: OnceLock::new(),
+            config_status: OnceLock::new(),
         }
+    }
+
+    /// Records the certificate source's status channel (the first call wins).
+    pub fn set_cert_status(&self, rx: watch::Receiver<AgentStatus>) {
+        let _ = self.cert_status.set(rx);
+    }
+
+    /// The certificate source's status, once it started.
+    pub fn cert_status(&self) -> Option<AgentStatus> {
+        self.cert_status.get().map(|rx| rx.borrow().clone())
+    }
+
+    /// Records the control-plane subscription's status channel (the first call wins).
+    pub fn set_config_status(&self, rx: watch::Receiver<SubscriberStatus>) {
+        let _ = self.config_status.set(rx);
+    }
+
+    /// The control-plane subscription's status, once it started.
+    pub fn config_status(&self) -> Option<SubscriberStatus> {
+        self.config_status.get().map(|rx| rx.borrow().clone())
     }
 
     /// `Ok` when ready to serve (certificate and config loaded), else why not.
@@ -83,17 +108,38 @@ impl Shared {
         if self.drain.is_draining() {
             return Err("draining".into());
         }
-        if !self.tls.has_credentials() {
+        let Some(current) = self.tls.current() else {
+            // The source's reason: never had one, or expired and not renewed (mTLS refused).
             let why = self
-                .cert_problem
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
+                .cert_status
+                .get()
+                .map(|rx| {
+                    let s = rx.borrow();
+                    s.reason
+                        .strip_prefix("not ready: ")
+                        .unwrap_or(&s.reason)
+                        .to_owned()
+                })
                 .unwrap_or_else(|| "no workload certificate yet".into());
             return Err(format!("certificate not loaded: {why}"));
+        };
+        let expected = self.config.identity.spiffe_id();
+        if current.identity() != &expected {
+            return Err(format!(
+                "the workload certificate is for {}, this workload is {expected}",
+                current.identity()
+            ));
         }
         if self.policy.load().is_none() {
-            return Err("config not loaded yet".into());
+            let why = match self.config_status() {
+                Some(s) => match (s.last_nack, s.last_error) {
+                    (Some((v, e)), _) => format!(": snapshot {v} rejected: {e}"),
+                    (None, Some(e)) => format!(": {e}"),
+                    (None, None) => String::new(),
+                },
+                None => String::new(),
+            };
+            return Err(format!("config not loaded yet{why}"));
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::error::AgentError;
 use super::{IdentityHandle, Publisher};
-use crate::spiffe::TrustDomain;
+use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::tls::{TlsProvider, TrustBundle, WorkloadCredentials};
 
 /// The certificate chain file (leaf first).
@@ -34,6 +34,9 @@ pub struct StaticSourceConfig {
     pub trust_domain_aliases: Vec<TrustDomain>,
     /// How often the files are compared with what is installed (content digest).
     pub poll: Duration,
+    /// When set, a certificate for another identity is refused (the previous one stays):
+    /// a sidecar serves exactly one workload.
+    pub expected_identity: Option<SpiffeId>,
 }
 
 impl StaticSourceConfig {
@@ -44,6 +47,7 @@ impl StaticSourceConfig {
             trust_domain,
             trust_domain_aliases: Vec::new(),
             poll: Duration::from_secs(5),
+            expected_identity: None,
         }
     }
 }
@@ -101,13 +105,20 @@ fn build(config: &StaticSourceConfig, snap: &Snapshot) -> Result<WorkloadCredent
             .with_crls(crls, &format!("{dir}/{CRL}"))
             .map_err(|e| e.to_string())?;
     }
-    WorkloadCredentials::from_pem(
+    let creds = WorkloadCredentials::from_pem(
         &snap.chain,
         &snap.key,
         trust,
         &format!("{dir}/{CERT_CHAIN}"),
     )
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    match &config.expected_identity {
+        Some(want) if creds.identity() != want => Err(format!(
+            "{dir}/{CERT_CHAIN}: the certificate is for {}, this workload is {want}",
+            creds.identity()
+        )),
+        _ => Ok(creds),
+    }
 }
 
 impl StaticSource {

@@ -1,11 +1,13 @@
 //! Building the rustls configurations: once per credential change, shared by every connection.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use arc_swap::ArcSwap;
 
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::server::{ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
@@ -73,18 +75,29 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
-/// What stays the same across config rebuilds while the trust material (roots, CRLs, trust
-/// domains) is unchanged: the verifiers, the certificate resolvers (which swap in a renewed
-/// certificate), the client session cache and the server ticket keys. rustls resumes a client
-/// session only with the very verifier and resolver objects that made it, so keeping them is
-/// what lets sessions survive a certificate rotation. All of it is replaced when the trust
-/// material changes, because a resumed session skips the certificate checks.
+/// What a workload's TLS configs share, and when it is replaced.
+///
+/// A resumed session carries the certificates of its full handshake (also through chains of
+/// resumptions: a ticket issued on a resumed connection carries the original certificates), and
+/// both sides refuse it once one of them has expired
+/// ([`super::verify::MeshVerifier::peer_identity_checked`]). So that no resumption outlives
+/// them, every piece of session state belongs to one certificate of ours:
+/// - on renewal (same trust material) the verifiers (with their cache of parsed peer leaves)
+///   and the certificate resolver are kept, and the client session cache, the server session
+///   cache and the ticket keys start over ([`SharedState::with_fresh_sessions`]): connections
+///   accepted or made with the previous configs keep their own session state, new ones cannot
+///   resume a session made with our previous certificate;
+/// - the tickets we issue live no longer than our current certificate ([`ExpiryBoundTicketer`]);
+/// - when the trust material (roots, CRLs, trust domains) changes, everything is replaced, so a
+///   peer revoked by a new CRL cannot come back through a resumed session.
+///
+/// The cost is one full handshake per peer after each renewal.
 #[derive(Clone)]
 pub(crate) struct SharedState {
     pub(crate) fingerprint: [u8; 32],
     client_store: Arc<dyn ClientSessionStore>,
     server_cache: Arc<ServerSessionMemoryCache>,
-    ticketer: Arc<dyn ProducesTickets>,
+    ticketer: Arc<ExpiryBoundTicketer>,
     client_verifier: Arc<MeshClientVerifier>,
     server_verifier: Arc<MeshServerVerifier>,
     cert: Arc<CurrentCert>,
@@ -105,11 +118,7 @@ impl SharedState {
             fingerprint: trust.fingerprint(),
             client_store: Arc::new(ClientSessionMemoryCache::new(settings.client_session_cache)),
             server_cache: ServerSessionMemoryCache::new(settings.server_session_cache),
-            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
-                CredentialsError::Config {
-                    reason: format!("ticket keys: {e}"),
-                }
-            })?,
+            ticketer: Arc::new(ExpiryBoundTicketer::new()?),
             client_verifier: Arc::new(MeshClientVerifier(verifier.clone())),
             server_verifier: Arc::new(MeshServerVerifier(verifier)),
             cert: Arc::new(CurrentCert(ArcSwap::new(certified))),
@@ -119,6 +128,92 @@ impl SharedState {
     /// Presents `certified` from now on (connections in progress included).
     pub(crate) fn set_cert(&self, certified: Arc<CertifiedKey>) {
         self.cert.0.store(certified);
+    }
+
+    /// Bounds the lifetime of tickets issued from now on by our certificate's `not_after`.
+    pub(crate) fn set_not_after(&self, not_after: OffsetDateTime) {
+        self.ticketer
+            .not_after
+            .store(not_after.unix_timestamp(), Ordering::Relaxed);
+    }
+
+    /// The same verifiers and certificate resolver with new session state: an empty client
+    /// session cache, an empty server session cache and new ticket keys (after our certificate
+    /// changed). See the type's documentation for why.
+    pub(crate) fn with_fresh_sessions(
+        &self,
+        settings: &TlsSettings,
+    ) -> Result<Self, CredentialsError> {
+        let mut s = self.clone();
+        s.client_store = Arc::new(ClientSessionMemoryCache::new(settings.client_session_cache));
+        s.server_cache = ServerSessionMemoryCache::new(settings.server_session_cache);
+        s.ticketer = Arc::new(ExpiryBoundTicketer::new()?);
+        Ok(s)
+    }
+}
+
+/// Ticket keys whose tickets live no longer than our current certificate: a client will not
+/// offer a ticket past its lifetime, so it never resumes a session whose server certificate
+/// (ours, as it was at the full handshake) has expired.
+pub(crate) struct ExpiryBoundTicketer {
+    inner: Arc<dyn ProducesTickets>,
+    /// Unix seconds.
+    not_after: AtomicI64,
+}
+
+impl std::fmt::Debug for ExpiryBoundTicketer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExpiryBoundTicketer")
+            .field("not_after", &self.not_after.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExpiryBoundTicketer {
+    fn new() -> Result<Self, CredentialsError> {
+        Ok(Self {
+            inner: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
+                CredentialsError::Config {
+                    reason: format!("ticket keys: {e}"),
+                }
+            })?,
+            not_after: AtomicI64::new(i64::MAX),
+        })
+    }
+
+    fn seconds_left(&self) -> i64 {
+        self.not_after
+            .load(Ordering::Relaxed)
+            .saturating_sub(OffsetDateTime::now_utc().unix_timestamp())
+    }
+}
+
+impl ProducesTickets for ExpiryBoundTicketer {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        // A client counts the lifetime from the whole second in which it read the ticket and
+        // compares whole seconds: with up to a second between our sending and its reading, a
+        // lifetime two seconds short of the certificate's end keeps every resumption within it.
+        // (0 would mean "no limit" to a client; `encrypt` issues no ticket that late.)
+        let left = self.seconds_left().saturating_sub(2).max(1);
+        self.inner
+            .lifetime()
+            .min(u32::try_from(left).unwrap_or(u32::MAX))
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        // Too close to the certificate's expiry for a useful ticket: issue none.
+        if self.seconds_left() < 3 {
+            return None;
+        }
+        self.inner.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.inner.decrypt(cipher)
     }
 }
 
@@ -142,6 +237,8 @@ pub struct TlsConfigs {
     identity: SpiffeId,
     not_after: OffsetDateTime,
     trust: TrustBundle,
+    chain: Vec<CertificateDer<'static>>,
+    verifier: Arc<MeshVerifier>,
 }
 
 impl TlsConfigs {
@@ -186,6 +283,8 @@ impl TlsConfigs {
             identity: creds.identity().clone(),
             not_after: creds.not_after(),
             trust: creds.trust().clone(),
+            chain: creds.chain().to_vec(),
+            verifier: shared.client_verifier.0.clone(),
         })
     }
 
@@ -230,6 +329,16 @@ impl TlsConfigs {
     /// The trust bundle in force.
     pub fn trust(&self) -> &TrustBundle {
         &self.trust
+    }
+
+    /// The verifier both sides use (with its cache of parsed peer leaves).
+    pub(crate) fn verifier(&self) -> &MeshVerifier {
+        &self.verifier
+    }
+
+    /// The certificate chain these configs present (leaf first), for admin pages.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
     }
 }
 

@@ -16,7 +16,7 @@ use super::alpn::{Alpn, known_protocol};
 use super::config::{SharedState, TlsConfigs, TlsSettings, certified_key, crypto_provider};
 use super::credentials::WorkloadCredentials;
 use super::error::{CredentialsError, TlsError};
-use super::verify::{check_secure_naming, peer_identity_checked};
+use super::verify::check_secure_naming;
 use crate::spiffe::SpiffeId;
 
 /// A client-side mesh TLS stream.
@@ -79,9 +79,11 @@ impl TlsProvider {
     }
 
     /// Builds the configs for `creds` and makes them current. Connections already established
-    /// keep theirs; new connections use the new ones. Session resumption state carries over
-    /// when the trust material (roots, CRLs, trust domains) is unchanged, and is dropped when it
-    /// changed, so a peer revoked by a new CRL cannot come back through a resumed session.
+    /// keep theirs; new connections use the new ones. Session resumption state (client and
+    /// server caches, ticket keys) starts over with every new certificate: a resumed session
+    /// carries the certificates of its full handshake, which must not outlive them. When the
+    /// trust material (roots, CRLs, trust domains) changed, the verifiers are replaced too, so
+    /// a peer revoked by a new CRL cannot come back through a resumed session.
     pub fn install(
         &self,
         creds: &WorkloadCredentials,
@@ -94,7 +96,10 @@ impl TlsProvider {
         let certified = certified_key(creds, &self.inner.crypto)?;
         let fingerprint = creds.trust().fingerprint();
         let (shared, renewed) = match guard.as_ref() {
-            Some(shared) if shared.fingerprint == fingerprint => (shared.clone(), Some(certified)),
+            Some(shared) if shared.fingerprint == fingerprint => (
+                shared.with_fresh_sessions(&self.inner.settings)?,
+                Some(certified),
+            ),
             _ => (
                 SharedState::new(
                     &self.inner.settings,
@@ -115,6 +120,7 @@ impl TlsProvider {
         if let Some(certified) = renewed {
             shared.set_cert(certified);
         }
+        shared.set_not_after(creds.not_after());
         *guard = Some(shared);
         self.inner.current.store(Some(configs.clone()));
         self.inner.generation.send_modify(|g| *g += 1);
@@ -187,19 +193,17 @@ impl TlsProvider {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let config = {
-            let cur = self.inner.current.load();
-            let Some(configs) = cur.as_ref() else {
-                return Err(TlsError::NoCredentials);
-            };
-            configs.client(alpn).clone()
+        let Some(configs) = self.inner.current.load_full() else {
+            return Err(TlsError::NoCredentials);
         };
-        let stream = tokio_rustls::TlsConnector::from(config)
+        let stream = tokio_rustls::TlsConnector::from(configs.client(alpn).clone())
             .connect(server_name, stream)
             .await
             .map_err(TlsError::from_io)?;
         let (_, conn) = stream.get_ref();
-        let peer = peer_identity_checked(conn, OffsetDateTime::now_utc())?;
+        let peer = configs
+            .verifier()
+            .peer_identity_checked(conn, OffsetDateTime::now_utc())?;
         check_secure_naming(&peer, expected)?;
         Ok((stream, peer))
     }
@@ -211,17 +215,22 @@ impl TlsProvider {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let had_credentials = self.has_credentials();
-        let result = tokio_rustls::TlsAcceptor::from(self.server_config())
-            .accept(stream)
-            .await;
-        let stream = match result {
-            Ok(s) => s,
-            Err(_) if !had_credentials => return Err(TlsError::NoCredentials),
-            Err(e) => return Err(TlsError::from_io(e)),
+        let configs = self.inner.current.load_full();
+        let server = match &configs {
+            Some(c) => c.server().clone(),
+            None => self.inner.refusing_server.clone(),
+        };
+        let result = tokio_rustls::TlsAcceptor::from(server).accept(stream).await;
+        let (stream, configs) = match (result, configs) {
+            (Ok(s), Some(c)) => (s, c),
+            // The refusing config completes no handshake.
+            (_, None) => return Err(TlsError::NoCredentials),
+            (Err(e), Some(_)) => return Err(TlsError::from_io(e)),
         };
         let (_, conn) = stream.get_ref();
-        let peer = peer_identity_checked(conn, OffsetDateTime::now_utc())?;
+        let peer = configs
+            .verifier()
+            .peer_identity_checked(conn, OffsetDateTime::now_utc())?;
         let alpn = known_protocol(conn.alpn_protocol());
         Ok((stream, peer, alpn))
     }

@@ -7,8 +7,15 @@
 //! handshake the server's SPIFFE ID is checked against the identities expected for that
 //! destination ([`check_secure_naming`]). That keeps one `ClientConfig` shared by every
 //! connection (linkerd's approach): the verifier checks what does not depend on the destination.
+//!
+//! What a leaf says about itself (URI SANs, validity, EKU, serial) is parsed once per distinct
+//! certificate and kept in a small cache keyed by the certificate's SHA-256 ([`LeafCache`]): the
+//! verifier reads it during the handshake and [`MeshVerifier::peer_identity_checked`] right
+//! after it, so a handshake does not parse the peer's leaf twice, and a peer's next handshakes do
+//! not parse it again (webpki still parses it for the chain check).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -31,7 +38,8 @@ const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01]
 /// DER content of the `id-kp-clientAuth` OID (1.3.6.1.5.5.7.3.2).
 const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
 
-/// What the peer's leaf says about itself, read once per handshake.
+/// What the peer's leaf says about itself.
+#[derive(Debug)]
 struct LeafFacts {
     serial: Serial,
     uris: Vec<String>,
@@ -116,7 +124,13 @@ pub fn peer_identity_checked(
         .peer_certificates()
         .and_then(|c| c.first())
         .ok_or(PeerCertError::NoCertificate)?;
-    let facts = leaf_facts(leaf)?;
+    check_validity_and_id(&leaf_facts(leaf)?, now)
+}
+
+fn check_validity_and_id(
+    facts: &LeafFacts,
+    now: OffsetDateTime,
+) -> Result<SpiffeId, PeerCertError> {
     if facts.not_after < now {
         return Err(PeerCertError::Expired {
             not_after: facts.not_after,
@@ -149,6 +163,44 @@ fn unix_to_time(t: UnixTime) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// Parsed leaves by the SHA-256 of their DER. Bounded: emptied when full (peers are few and
+/// their certificates change rarely; a miss only costs a parse).
+#[derive(Debug, Default)]
+pub(crate) struct LeafCache {
+    entries: Mutex<HashMap<[u8; 32], Arc<LeafFacts>>>,
+}
+
+impl LeafCache {
+    /// Most certificates kept.
+    const CAPACITY: usize = 4096;
+
+    fn facts(&self, der: &[u8]) -> Result<Arc<LeafFacts>, PeerCertError> {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        if let Some(f) = self.lock().get(&key) {
+            return Ok(f.clone());
+        }
+        // A certificate that does not parse is not cached: it fails every handshake anyway.
+        let facts = Arc::new(leaf_facts(der)?);
+        let mut map = self.lock();
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(key, facts.clone());
+        Ok(facts)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<LeafFacts>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
 /// The checks shared by both sides: chain, validity, EKU, CRLs, SPIFFE ID, trust domain.
 #[derive(Debug)]
 pub(crate) struct MeshVerifier {
@@ -157,6 +209,7 @@ pub(crate) struct MeshVerifier {
     allowed: Vec<TrustDomain>,
     hints: Vec<DistinguishedName>,
     algorithms: WebPkiSupportedAlgorithms,
+    leaves: LeafCache,
 }
 
 impl MeshVerifier {
@@ -176,7 +229,21 @@ impl MeshVerifier {
             allowed: trust.allowed_trust_domains(),
             hints,
             algorithms,
+            leaves: LeafCache::default(),
         })
+    }
+
+    /// [`peer_identity_checked`] with the leaf read from the cache the handshake filled.
+    pub(crate) fn peer_identity_checked(
+        &self,
+        state: &CommonState,
+        now: OffsetDateTime,
+    ) -> Result<SpiffeId, PeerCertError> {
+        let leaf = state
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or(PeerCertError::NoCertificate)?;
+        check_validity_and_id(&*self.leaves.facts(leaf)?, now)
     }
 
     /// Verifies a peer's leaf for `purpose` at `now`; returns its SPIFFE ID.
@@ -187,7 +254,7 @@ impl MeshVerifier {
         now: UnixTime,
         purpose: Purpose,
     ) -> Result<SpiffeId, PeerCertError> {
-        let facts = leaf_facts(end_entity)?;
+        let facts = self.leaves.facts(end_entity)?;
         let ee = EndEntityCert::try_from(end_entity).map_err(|e| PeerCertError::Malformed {
             reason: e.to_string(),
         })?;
@@ -369,5 +436,52 @@ impl ServerCertVerifier for MeshServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+
+    fn leaf(ca: &crate::CertificateAuthority, sa: &str) -> (SpiffeId, Vec<u8>) {
+        let id = SpiffeId::istio(&TrustDomain::default(), "ns", sa).unwrap();
+        let key = crate::KeyAlgorithm::EcdsaP256.generate().unwrap();
+        let csr = crate::keys::csr_pem(&key, &id).unwrap();
+        let cert = ca.sign_csr(&csr, &id, 3600).unwrap();
+        let der = CertificateDer::from_pem_slice(cert.chain_pem[0].as_bytes()).unwrap();
+        (id, der.as_ref().to_vec())
+    }
+
+    #[test]
+    fn each_leaf_is_parsed_once_and_checked_at_every_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::CertificateAuthority::self_signed(
+            dir.path().join("ca"),
+            crate::CaOptions::default(),
+        )
+        .unwrap();
+        let (id_a, a) = leaf(&ca, "a");
+        let (_, b) = leaf(&ca, "b");
+        let cache = LeafCache::default();
+        let first = cache.facts(&a).unwrap();
+        let again = cache.facts(&a).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "parsed again");
+        assert_eq!(cache.len(), 1);
+        assert!(!Arc::ptr_eq(&first, &cache.facts(&b).unwrap()));
+        assert_eq!(cache.len(), 2);
+        // Malformed input is refused and not kept.
+        assert!(matches!(
+            cache.facts(b"not a certificate"),
+            Err(PeerCertError::Malformed { .. })
+        ));
+        assert_eq!(cache.len(), 2);
+        // Validity is checked at each use, not at parse time.
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(check_validity_and_id(&again, now).unwrap(), id_a);
+        assert!(matches!(
+            check_validity_and_id(&again, now + time::Duration::hours(2)),
+            Err(PeerCertError::Expired { .. })
+        ));
     }
 }
