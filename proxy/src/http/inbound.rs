@@ -215,6 +215,7 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         series: conn.series.clone(),
         request_bytes: Arc::new(AtomicU64::new(0)),
         downstream: conn.peer,
+        dst: conn.dst,
         upstream: None,
         detail: "".into(),
         access_log: l7.access_log,

@@ -147,6 +147,7 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         series: conn.series(None),
         request_bytes: Arc::new(AtomicU64::new(0)),
         downstream: conn.peer,
+        dst: conn.dst,
         upstream: None,
         detail: "".into(),
         access_log: l7.access_log,

@@ -87,6 +87,8 @@ pub struct Exchange {
     pub request_bytes: Arc<AtomicU64>,
     /// The downstream peer address.
     pub downstream: SocketAddr,
+    /// The connection's original destination.
+    pub dst: SocketAddr,
     /// Where the request went (app or peer sidecar), if anywhere.
     pub upstream: Option<SocketAddr>,
     /// Why the request was allowed or denied (the policy explanation); empty if no policy ran.
@@ -108,29 +110,69 @@ impl Exchange {
         if !self.access_log {
             return;
         }
+        // The same field names as the per-connection lines (src, dst, principal or
+        // peer_principal, security, decision or outcome), plus the request's.
         let l = self.series.labels();
         let upstream = self.upstream.map(|u| u.to_string());
-        tracing::info!(
-            target: crate::logging::ACCESS_LOG_TARGET,
-            direction = self.direction,
-            protocol = if self.grpc { "grpc" } else { "http" },
-            method = %self.method,
-            path = &*self.path,
-            authority = &*self.authority,
-            response_code = self.status,
-            response_flags = self.flags,
-            bytes_received = request_bytes,
-            bytes_sent = response_bytes,
-            duration_ms = duration.as_millis() as u64,
-            downstream = %self.downstream,
-            upstream = upstream.as_deref().unwrap_or("-"),
-            source_principal = &*l.source_principal,
-            destination_principal = &*l.destination_principal,
-            destination_service = &*l.destination_service,
-            detail = &*self.detail,
-            "request"
-        );
+        let upstream = upstream.as_deref().unwrap_or("-");
+        let security = if l.mutual_tls { "mutual_tls" } else { "none" };
+        let protocol = if self.grpc { "grpc" } else { "http" };
+        let duration_ms = duration.as_millis() as u64;
+        if self.direction == "inbound" {
+            tracing::info!(
+                target: crate::logging::ACCESS_LOG_TARGET,
+                direction = "inbound",
+                protocol,
+                src = %self.downstream,
+                dst = %self.dst,
+                principal = known(&l.source_principal),
+                security,
+                method = %self.method,
+                path = &*self.path,
+                authority = &*self.authority,
+                status = self.status,
+                response_flags = self.flags,
+                decision = &*self.detail,
+                upstream,
+                bytes_received = request_bytes,
+                bytes_sent = response_bytes,
+                duration_ms,
+                "request"
+            );
+        } else {
+            let outcome = if self.detail.is_empty() {
+                "forwarded"
+            } else {
+                &self.detail
+            };
+            tracing::info!(
+                target: crate::logging::ACCESS_LOG_TARGET,
+                direction = "outbound",
+                protocol,
+                src = %self.downstream,
+                dst = %self.dst,
+                peer_principal = known(&l.destination_principal),
+                security,
+                method = %self.method,
+                path = &*self.path,
+                authority = &*self.authority,
+                status = self.status,
+                response_flags = self.flags,
+                outcome,
+                upstream,
+                destination_service = &*l.destination_service,
+                bytes_sent_upstream = request_bytes,
+                bytes_received_upstream = response_bytes,
+                duration_ms,
+                "request"
+            );
+        }
     }
+}
+
+/// `-` for an unknown principal, as the per-connection lines write it.
+fn known(p: &str) -> &str {
+    if p == "unknown" { "-" } else { p }
 }
 
 /// A response body that counts its bytes and finishes its [`Exchange`] at the end of the
