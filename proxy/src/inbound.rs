@@ -254,7 +254,7 @@ async fn serve<S>(
 
 /// Connects to the app from the configured source address (127.0.0.6); when that address
 /// cannot be bound (another family, or not local), connects without binding and warns.
-async fn connect_app(shared: &Shared, app: SocketAddr) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect_app(shared: &Shared, app: SocketAddr) -> std::io::Result<TcpStream> {
     let src = shared.config.inbound.source_address;
     let socket = if app.is_ipv4() {
         TcpSocket::new_v4()?

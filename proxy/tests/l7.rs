@@ -867,3 +867,53 @@ async fn idle_pooled_connections_are_released_and_replaced() {
     assert_eq!(a.shared.metrics.tls_handshakes(Reporter::Source), 2);
     assert_eq!(b.shared.metrics.tls_handshakes(Reporter::Destination), 2);
 }
+
+#[tokio::test]
+async fn connect_tunnels_through_both_sidecars_to_a_proxy_app() {
+    let mesh = Mesh::new();
+    let test = 52;
+    let (a, b) = client_and_server(&mesh, test, "http", "b", "b", vec![], "").await;
+    // The app is a forward proxy: it accepts CONNECT, then echoes the tunnel's bytes.
+    let listener = TcpListener::bind(b.app()).await.unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.starts_with("CONNECT target.example:443 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .unwrap();
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    let mut s = TcpStream::connect(a.outbound()).await.unwrap();
+    s.write_all(b"CONNECT target.example:443 HTTP/1.1\r\nhost: target.example:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"tunnelled bytes").await.unwrap();
+    let mut back = [0u8; 15];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"tunnelled bytes");
+}

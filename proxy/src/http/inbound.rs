@@ -348,6 +348,19 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         };
     }
 
+    // CONNECT: the app is a proxy; hand it the CONNECT and splice once it accepts.
+    if parts.method == http::Method::CONNECT && parts.version == Version::HTTP_11 {
+        match conn.tls.as_ref().and_then(|t| t.xfcc.clone()) {
+            Some(v) => {
+                parts.headers.insert(&xfcc::XFCC, v);
+            }
+            None => {
+                parts.headers.remove(&xfcc::XFCC);
+            }
+        }
+        return connect_app(conn, exchange, parts, body).await;
+    }
+
     // Rewrite the request for the app.
     let upgrade = parts.version == Version::HTTP_11 && is_upgrade(&parts.headers);
     let on_downstream_upgrade = if upgrade {
@@ -449,6 +462,59 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         }
         Err((failure, e)) => {
             tracing::info!(app = %conn.app, error = %e, "inbound HTTP: app request failed");
+            exchange.detail = format!("{}: {e}", exchange.detail).into();
+            local(exchange, failure.response(), failure.flag())
+        }
+    }
+}
+
+/// Forwards a CONNECT to the app on a connection of its own (HTTP/1.1 with upgrades, from the
+/// source address) and splices both sides after a 2xx.
+async fn connect_app(
+    conn: &Conn,
+    mut exchange: Box<Exchange>,
+    mut parts: http::request::Parts,
+    body: Incoming,
+) -> Response<Body> {
+    let shared = &conn.shared;
+    let on_downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    exchange.upstream = Some(conn.app);
+    let connected = async {
+        let tcp = crate::inbound::connect_app(shared, conn.app)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (send, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            if let Err(e) = c.with_upgrades().await {
+                tracing::debug!(error = %e, "inbound CONNECT connection ended with an error");
+            }
+        });
+        Ok::<_, String>(send)
+    }
+    .await;
+    let mut send = match connected {
+        Ok(s) => s,
+        Err(e) => {
+            exchange.detail = format!("{}: {e}", exchange.detail).into();
+            return local(exchange, UpstreamFailure::Connect.response(), "UF");
+        }
+    };
+    let body = CountingBody::new(body, exchange.request_bytes.clone()).boxed();
+    match send.send_request(Request::from_parts(parts, body)).await {
+        Ok(mut resp) => {
+            if resp.status().is_success()
+                && let Some(down) = on_downstream
+            {
+                let up = hyper::upgrade::on(&mut resp);
+                super::upgrade::splice(down, up, shared.drain.track());
+            }
+            exchange.status = resp.status().as_u16();
+            resp.map(|b| RecordedBody::new(b, exchange).boxed())
+        }
+        Err(e) => {
+            let failure = UpstreamFailure::of_hyper(&e);
             exchange.detail = format!("{}: {e}", exchange.detail).into();
             local(exchange, failure.response(), failure.flag())
         }
