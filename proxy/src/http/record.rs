@@ -260,3 +260,78 @@ impl<B> Drop for RecordedBody<B> {
         self.finish(flags);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+    use crate::metrics::{HttpLabels, Metrics, Reporter};
+
+    fn exchange(m: &Metrics) -> Box<Exchange> {
+        let series = m.http(HttpLabels {
+            reporter: Reporter::Destination,
+            source_principal: "unknown".into(),
+            source_workload: "unknown".into(),
+            source_workload_namespace: "unknown".into(),
+            destination_principal: "unknown".into(),
+            destination_workload: "w".into(),
+            destination_workload_namespace: "ns".into(),
+            destination_service: "svc".into(),
+            mutual_tls: false,
+        });
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        Box::new(Exchange {
+            start: Instant::now(),
+            direction: "inbound",
+            method: http::Method::GET,
+            path: "/".into(),
+            authority: "svc".into(),
+            status: 200,
+            flags: "-",
+            grpc: false,
+            series,
+            request_bytes: Arc::new(AtomicU64::new(3)),
+            downstream: addr,
+            dst: addr,
+            upstream: None,
+            detail: "".into(),
+            access_log: false,
+        })
+    }
+
+    #[tokio::test]
+    async fn recorded_at_the_end_of_the_body_with_its_bytes() {
+        let m = Metrics::new();
+        let body = RecordedBody::new(Full::new(Bytes::from_static(b"hello")), exchange(&m));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+        let text = m.render();
+        assert!(
+            text.contains("response_code=\"200\",response_flags=\"-\"} 1\n"),
+            "{text}"
+        );
+        let sum = text
+            .lines()
+            .find(|l| l.starts_with("istio_response_bytes_sum{"))
+            .unwrap();
+        assert!(sum.ends_with(" 5"), "{sum}");
+        let req = text
+            .lines()
+            .find(|l| l.starts_with("istio_request_bytes_sum{"))
+            .unwrap();
+        assert!(req.ends_with(" 3"), "{req}");
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_early_is_recorded_once_as_downstream_disconnect() {
+        let m = Metrics::new();
+        let body = RecordedBody::new(Full::new(Bytes::from_static(b"unread")), exchange(&m));
+        drop(body);
+        let text = m.render();
+        assert!(text.contains("response_flags=\"DC\"} 1\n"), "{text}");
+        // An empty body (never polled) is complete, not a disconnect.
+        let m = Metrics::new();
+        drop(RecordedBody::new(Full::new(Bytes::new()), exchange(&m)));
+        assert!(m.render().contains("response_flags=\"-\"} 1\n"));
+    }
+}
