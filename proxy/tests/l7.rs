@@ -917,3 +917,29 @@ async fn connect_tunnels_through_both_sidecars_to_a_proxy_app() {
         .unwrap();
     assert_eq!(&back, b"tunnelled bytes");
 }
+
+#[tokio::test]
+async fn http_on_an_undeclared_port_is_sniffed_and_handled_per_request() {
+    let mesh = Mesh::new();
+    let test = 53;
+    // Port name `web`: no protocol declared, so the outbound side sniffs the first bytes.
+    let (a, b) =
+        client_and_server(&mesh, test, "web", "b", "b", allow_a_and_deny_header(), "").await;
+    app(b.app()).await;
+    let url = format!("http://{}/sniffed", a.outbound());
+    let (code, body) = curl(&[&url]).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(&[&url, "-H", "x-bad: yes"]).await;
+    assert_eq!((code, body.as_str()), (403, "RBAC: access denied"));
+    let m = a.metrics();
+    assert!(
+        metric_line(
+            &m,
+            "istio_requests_total",
+            &["reporter=\"source\"", "response_code=\"200\""]
+        )
+        .is_some(),
+        "{m}"
+    );
+    assert_eq!(a.shared.metrics.tls_handshakes(Reporter::Source), 1);
+}
