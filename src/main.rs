@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod certs;
 mod check;
 mod control;
+mod gateway;
 mod inject;
 mod iptables;
 mod proxy_status;
@@ -55,6 +56,8 @@ enum Command {
     /// Start a demo mesh on loopback (control plane, two sidecars, two apps), show an allowed and
     /// a denied request through mTLS, and keep it running until Ctrl-C.
     Quickstart(quickstart::QuickstartArgs),
+    /// Run an ingress or egress gateway (Istio Gateway, VirtualService, DestinationRule).
+    Gateway(gateway::GatewayArgs),
 }
 
 fn init_logging(filter: Option<&str>, format: LogFormat) {
@@ -92,5 +95,6 @@ fn main() -> anyhow::Result<()> {
             cli.log.as_deref(),
             matches!(cli.log_format, LogFormat::Json),
         ),
+        Command::Gateway(args) => gateway::run(args),
     }
 }

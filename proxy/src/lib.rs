@@ -16,6 +16,7 @@ pub mod cert_source;
 pub mod config;
 pub mod detect;
 pub mod drain;
+pub mod gateway;
 pub mod http;
 pub mod inbound;
 pub mod l4;

@@ -65,8 +65,9 @@ struct Conn {
     /// `app` as a URI authority, parsed once.
     app_authority: http::uri::Authority,
     tls: Option<PeerTls>,
-    /// The port is declared http2/grpc: the app speaks HTTP/2.
-    declared_h2: bool,
+    /// The app protocol declared for the port in the local registry: `Some(true)` for
+    /// http2/grpc, `Some(false)` for http; `None` when not declared.
+    declared_h2: Option<bool>,
     series: Arc<HttpSeries>,
 }
 
@@ -81,11 +82,10 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = shared.registry.load().lookup(dst);
-    let declared_h2 = service.as_ref().is_some_and(|s| {
-        matches!(
-            s.protocol(),
-            Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb
-        )
+    let declared_h2 = service.as_ref().and_then(|s| match s.protocol() {
+        Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb => Some(true),
+        Protocol::Http => Some(false),
+        _ => None,
     });
     let id = &shared.config.identity;
     let unknown: Arc<str> = Arc::from("unknown");
@@ -410,7 +410,12 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         _ => path,
     };
     let downstream_version = parts.version;
-    let h2 = conn.declared_h2 || (conn.tls.is_none() && downstream_version == Version::HTTP_2);
+    // The declared port protocol decides (Istio's rule). Undeclared: gRPC needs HTTP/2, and a
+    // plaintext client's HTTP/2 is the app's; anything else from a peer sidecar (which always
+    // sends HTTP/2) goes to the app as HTTP/1.1.
+    let h2 = conn
+        .declared_h2
+        .unwrap_or(exchange.grpc || (conn.tls.is_none() && downstream_version == Version::HTTP_2));
     // HTTP/2 keeps the request's authority (the pooled connection is the app's); HTTP/1.1
     // carries it in Host and the client pool is keyed by the app address.
     let authority = match http::uri::Authority::try_from(&*exchange.authority) {
