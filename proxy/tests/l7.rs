@@ -217,6 +217,12 @@ impl WriteAllSync for std::process::ChildStdin {
 
 #[tokio::test]
 async fn allowed_by_principal_denied_by_header_with_xfcc_and_metrics() {
+    if !have("curl") {
+        return;
+    }
+    if !have("openssl") {
+        return;
+    }
     let mesh = Mesh::new();
     let test = 40;
     let (a, b) =
@@ -290,6 +296,9 @@ async fn allowed_by_principal_denied_by_header_with_xfcc_and_metrics() {
 
 #[tokio::test]
 async fn many_requests_share_one_pooled_mtls_connection() {
+    if !have("curl") {
+        return;
+    }
     let mesh = Mesh::new();
     let test = 41;
     let (a, b) = client_and_server(&mesh, test, "http", "b", "b", vec![], "").await;
@@ -332,6 +341,9 @@ async fn many_requests_share_one_pooled_mtls_connection() {
 
 #[tokio::test]
 async fn jwt_missing_is_403_invalid_is_401_valid_reaches_the_app() {
+    if !have("curl") {
+        return;
+    }
     use warden_policy::jwt::{Algorithm, SigningKey, jwks_json};
     let mesh = Mesh::new();
     let test = 42;
@@ -436,6 +448,9 @@ async fn authz_server(addr: SocketAddr) -> Arc<std::sync::Mutex<Vec<String>>> {
 
 #[tokio::test]
 async fn ext_authz_allows_denies_and_fails_closed() {
+    if !have("curl") {
+        return;
+    }
     let mesh = Mesh::new();
     let test = 43;
     let authz = SocketAddr::new(ip(test, 50), 9000);
@@ -502,6 +517,9 @@ async fn ext_authz_allows_denies_and_fails_closed() {
 
 #[tokio::test]
 async fn wrong_identity_behind_the_service_is_refused_by_secure_naming() {
+    if !have("curl") {
+        return;
+    }
     let mesh = Mesh::new();
     let test = 44;
     // The registry says `b` backs the service; the pod there runs as `c`.
@@ -528,6 +546,9 @@ async fn wrong_identity_behind_the_service_is_refused_by_secure_naming() {
 
 #[tokio::test]
 async fn http2_prior_knowledge_and_a_grpc_style_bidirectional_stream() {
+    if !have("curl") {
+        return;
+    }
     let mesh = Mesh::new();
     let test = 45;
     let (a, b) = client_and_server(&mesh, test, "grpc", "b", "b", vec![], "").await;
@@ -608,6 +629,9 @@ impl hyper::body::Body for ReceiverBody {
 
 #[tokio::test]
 async fn upstream_down_is_503_and_a_reset_mid_response_leaves_the_proxy_up() {
+    if !have("curl") {
+        return;
+    }
     let mesh = Mesh::new();
     let test = 46;
     let (a, b) = client_and_server(&mesh, test, "http", "b", "b", vec![], "").await;
@@ -767,6 +791,9 @@ async fn websocket_echo_through_both_sidecars() {
 
 #[tokio::test]
 async fn policy_changes_under_traffic_fail_no_request_allowed_before_and_after() {
+    if !have("curl") {
+        return;
+    }
     let mesh = Mesh::new();
     let test = 49;
     let (a, b) =
@@ -831,6 +858,9 @@ async fn policy_changes_under_traffic_fail_no_request_allowed_before_and_after()
 
 #[tokio::test]
 async fn idle_pooled_connections_are_released_and_replaced() {
+    if !have("curl") {
+        return;
+    }
     let mesh = Mesh::new();
     let test = 51;
     let vip = ip(test, 200);
@@ -920,6 +950,9 @@ async fn connect_tunnels_through_both_sidecars_to_a_proxy_app() {
 
 #[tokio::test]
 async fn http_on_an_undeclared_port_is_sniffed_and_handled_per_request() {
+    if !have("curl") {
+        return;
+    }
     let mesh = Mesh::new();
     let test = 53;
     // Port name `web`: no protocol declared, so the outbound side sniffs the first bytes.

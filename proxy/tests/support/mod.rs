@@ -253,3 +253,25 @@ pub async fn client_and_server(
     }
     (a, b)
 }
+
+/// Whether `tool` runs; without it a test prints `skipped: ...` and returns, unless
+/// `WARDEN_REQUIRE_PRIVILEGED=1`, which makes the missing tool a failure.
+pub fn have(tool: &str) -> bool {
+    let arg = if tool == "openssl" {
+        "version"
+    } else {
+        "--version"
+    };
+    let ok = std::process::Command::new(tool)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("WARDEN_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+            "{tool} is required (WARDEN_REQUIRE_PRIVILEGED=1)"
+        );
+        println!("skipped: {tool} is not installed");
+    }
+    ok
+}
