@@ -226,6 +226,41 @@ pub struct SidecarConfig {
     pub log_format: LogFormat,
     /// The root namespace of mesh-wide policy.
     pub root_namespace: String,
+    /// L7 (HTTP) settings.
+    pub http: HttpSettings,
+}
+
+/// MeshConfig `extensionProviders` (the CUSTOM authorizers), compared by value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExtensionProviders(pub Vec<warden_policy::mesh::ExtensionProvider>);
+
+// Config values compare structurally; the providers hold no floating-point values Warden reads.
+impl Eq for ExtensionProviders {}
+
+/// L7 (HTTP) settings: `http:` in the sidecar YAML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// `http.extensionProviders`: MeshConfig `extensionProviders` (same YAML), for CUSTOM
+    /// AuthorizationPolicy (`envoyExtAuthzHttp`).
+    pub extension_providers: ExtensionProviders,
+    /// `http.poolIdleTimeout`: pooled connections (to the app and to peer sidecars) idle this
+    /// long are closed (default 60s).
+    pub pool_idle_timeout: Duration,
+    /// `http.poolMaxIdlePerHost`: idle HTTP/1.1 connections kept per app port (default 64).
+    pub pool_max_idle_per_host: usize,
+    /// `http.accessLog`: an access log line per request (default true).
+    pub access_log: bool,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            extension_providers: ExtensionProviders::default(),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle_per_host: 64,
+            access_log: true,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,6 +284,18 @@ struct RawConfig {
     drain_deadline: Option<String>,
     log_format: Option<LogFormat>,
     root_namespace: Option<String>,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawHttp {
+    #[serde(default)]
+    extension_providers: Vec<warden_policy::mesh::ExtensionProvider>,
+    pool_idle_timeout: Option<String>,
+    pool_max_idle_per_host: Option<usize>,
+    access_log: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -847,7 +894,9 @@ fn build(origin: &str, raw: RawConfig, env: EnvLookup<'_>) -> Result<SidecarConf
             "the admin port must stay on a loopback address",
         ));
     }
+    let http = http_settings(origin, raw.http)?;
     Ok(SidecarConfig {
+        http,
         admin_ip,
         identity,
         certs,
@@ -873,6 +922,65 @@ fn build(origin: &str, raw: RawConfig, env: EnvLookup<'_>) -> Result<SidecarConf
         drain_deadline: drain,
         log_format: raw.log_format.unwrap_or(LogFormat::Text),
         root_namespace,
+    })
+}
+
+fn http_settings(origin: &str, raw: RawHttp) -> Result<HttpSettings, ConfigError> {
+    let d = HttpSettings::default();
+    let mut names = std::collections::BTreeSet::new();
+    for (i, p) in raw.extension_providers.iter().enumerate() {
+        let field = format!("http.extensionProviders[{i}].name");
+        if p.name.is_empty() {
+            return Err(invalid(origin, &field, "", "must not be empty"));
+        }
+        if !names.insert(p.name.as_str()) {
+            return Err(invalid(origin, &field, &p.name, "duplicate provider name"));
+        }
+        if let Some(h) = &p.envoy_ext_authz_http {
+            if h.service.is_empty() {
+                return Err(invalid(
+                    origin,
+                    &format!("http.extensionProviders[{i}].envoyExtAuthzHttp.service"),
+                    "",
+                    "must not be empty",
+                ));
+            }
+            if !h.status_on_error.is_empty()
+                && !h
+                    .status_on_error
+                    .parse::<u16>()
+                    .is_ok_and(|s| (100..600).contains(&s))
+            {
+                return Err(invalid(
+                    origin,
+                    &format!("http.extensionProviders[{i}].envoyExtAuthzHttp.statusOnError"),
+                    &h.status_on_error,
+                    "expected an HTTP status code",
+                ));
+            }
+        }
+    }
+    let pool_idle_timeout = duration(
+        origin,
+        "http.poolIdleTimeout",
+        raw.pool_idle_timeout,
+        d.pool_idle_timeout,
+    )?;
+    if pool_idle_timeout.is_zero() {
+        return Err(invalid(
+            origin,
+            "http.poolIdleTimeout",
+            "0s",
+            "must be positive",
+        ));
+    }
+    Ok(HttpSettings {
+        extension_providers: ExtensionProviders(raw.extension_providers),
+        pool_idle_timeout,
+        pool_max_idle_per_host: raw
+            .pool_max_idle_per_host
+            .unwrap_or(d.pool_max_idle_per_host),
+        access_log: raw.access_log.unwrap_or(d.access_log),
     })
 }
 
@@ -1094,5 +1202,35 @@ mod tests {
         assert_eq!(m["app"], "web");
         assert_eq!(m["version"], "v1");
         assert!(parse_labels_file(Path::new("labels"), "nonsense\n").is_err());
+    }
+
+    #[test]
+    fn http_settings_and_extension_providers() {
+        let c = parse(BASE, &[]).unwrap();
+        assert_eq!(c.http, HttpSettings::default());
+        let yaml = format!(
+            "{BASE}http:\n  poolIdleTimeout: 5s\n  accessLog: false\n  extensionProviders:\n  - name: authz\n    envoyExtAuthzHttp: {{service: 127.0.0.9, port: 9000, pathPrefix: /check, headersToUpstreamOnAllow: [x-user]}}\n"
+        );
+        let c = parse(&yaml, &[]).unwrap();
+        assert_eq!(c.http.pool_idle_timeout, Duration::from_secs(5));
+        assert!(!c.http.access_log);
+        let p = &c.http.extension_providers.0[0];
+        assert_eq!(p.name, "authz");
+        let h = p.envoy_ext_authz_http.as_ref().unwrap();
+        assert_eq!((h.port, h.path_prefix.as_str()), (9000, "/check"));
+        let bad = format!(
+            "{BASE}http:\n  extensionProviders:\n  - name: authz\n    envoyExtAuthzHttp: {{service: a, port: 1, statusOnError: nope}}\n"
+        );
+        assert_eq!(
+            parse(&bad, &[]).unwrap_err().to_string(),
+            "sidecar.yaml: http.extensionProviders[0].envoyExtAuthzHttp.statusOnError: invalid value \"nope\": expected an HTTP status code"
+        );
+        let dup = format!("{BASE}http:\n  extensionProviders:\n  - name: a\n  - name: a\n");
+        assert!(
+            parse(&dup, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("duplicate provider name")
+        );
     }
 }

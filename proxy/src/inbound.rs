@@ -95,17 +95,17 @@ pub async fn handle(
             tokio::time::timeout(settings.handshake_timeout, shared.tls.accept(stream)).await;
         match accepted {
             Ok(Ok((tls_stream, peer_id, alpn))) => {
+                shared.metrics.tls_handshake(Reporter::Destination);
                 let principal = peer_id.as_str().to_owned();
                 if !declared_tcp && alpn.is_some_and(is_http_alpn) {
-                    crate::http::serve(
-                        shared.clone(),
-                        policy,
-                        tls_stream,
-                        peer,
-                        dst,
-                        Some(principal.into()),
-                    )
-                    .await;
+                    let leaf = tls_stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first());
+                    let peer_tls =
+                        crate::http::PeerTls::new(&shared, &principal, leaf.map(|c| c.as_ref()));
+                    crate::http::serve(shared.clone(), tls_stream, peer, dst, Some(peer_tls)).await;
                 } else {
                     serve(
                         &shared,
@@ -129,7 +129,7 @@ pub async fn handle(
             }
         }
     } else if !declared_tcp && matches!(detected, Detected::Http1 | Detected::Http2) {
-        crate::http::serve(shared.clone(), policy, stream, peer, dst, None).await;
+        crate::http::serve(shared.clone(), stream, peer, dst, None).await;
     } else {
         serve(&shared, &policy.compiled, stream, peer, dst, None, start).await;
     }
@@ -254,7 +254,7 @@ async fn serve<S>(
 
 /// Connects to the app from the configured source address (127.0.0.6); when that address
 /// cannot be bound (another family, or not local), connects without binding and warns.
-async fn connect_app(shared: &Shared, app: SocketAddr) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect_app(shared: &Shared, app: SocketAddr) -> std::io::Result<TcpStream> {
     let src = shared.config.inbound.source_address;
     let socket = if app.is_ipv4() {
         TcpSocket::new_v4()?

@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use tokio::net::TcpStream;
 
+use warden_policy::registry::Protocol;
+
 use crate::config::OutboundTrafficPolicy;
+use crate::detect::{Detected, detect};
 use crate::l4;
 use crate::metrics::{Reporter, TcpLabels};
 use crate::state::Shared;
@@ -51,7 +54,24 @@ pub async fn handle(
         response_flags: "-",
     };
     let connect_timeout = shared.config.connect_timeout;
+    // HTTP to a mesh service goes through the L7 path: declared (port name / appProtocol), or
+    // sniffed from the app's first bytes when the protocol is not declared (as Istio does;
+    // a server-first protocol on an undeclared port waits the detection timeout, then L4).
+    let l7 = match &service {
+        Some(s) if s.is_mesh() => match s.protocol() {
+            p if p.is_http() => true,
+            Protocol::Unknown => matches!(
+                detect(&client, shared.config.inbound.detect_timeout).await,
+                Detected::Http1 | Detected::Http2
+            ),
+            _ => false,
+        },
+        _ => false,
+    };
     match service {
+        Some(svc) if l7 => {
+            crate::http::outbound::serve(shared.clone(), client, peer, dst, svc).await;
+        }
         Some(svc) if svc.is_mesh() => {
             let endpoint = svc.pick_endpoint(dst);
             labels.mutual_tls = true;
@@ -74,7 +94,10 @@ pub async fn handle(
             )
             .await;
             let (upstream, server_id) = match tls {
-                Ok(Ok(v)) => v,
+                Ok(Ok(v)) => {
+                    shared.metrics.tls_handshake(Reporter::Source);
+                    v
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(%dst, %endpoint, error = %e, "outbound: mTLS to the peer failed");
                     return upstream_failed(&shared, labels, peer, dst, &e.to_string(), start);

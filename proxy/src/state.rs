@@ -51,8 +51,8 @@ pub struct Shared {
     pub orig_dst: Arc<dyn OriginalDst>,
     /// The runtime log filter, if the process installed one.
     pub log_control: Option<LogControl>,
-    /// Pooled HTTP clients to the app (L7 inbound).
-    pub app_clients: crate::http::AppClients,
+    /// The L7 state: pooled clients to the app and to peer sidecars, JWT, ext_authz.
+    pub l7: crate::http::L7,
     /// The certificate source's status (set once it started).
     cert_status: OnceLock<watch::Receiver<AgentStatus>>,
     /// The control-plane subscription's status (set once it started).
@@ -67,10 +67,9 @@ impl Shared {
         orig_dst: Arc<dyn OriginalDst>,
         log_control: Option<LogControl>,
     ) -> Self {
-        let app_clients =
-            crate::http::AppClients::new(config.inbound.source_address, config.connect_timeout);
+        let l7 = crate::http::L7::new(&config);
         Self {
-            app_clients,
+            l7,
             config,
             tls,
             policy: ArcSwapOption::empty(),

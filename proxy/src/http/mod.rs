@@ -1,0 +1,321 @@
+//! The L7 (HTTP) data plane, with hyper: HTTP/1.1 and HTTP/2 both ways, streaming bodies,
+//! upgrades, pooled connections to the app and to peer sidecars.
+//!
+//! - [`inbound`]: per-request JWT (RequestAuthentication), CUSTOM ext_authz, AuthorizationPolicy,
+//!   `X-Forwarded-Client-Cert`, then the app over a keep-alive pool from 127.0.0.6;
+//! - [`outbound`]: requests from the app to a mesh HTTP service, over one pooled HTTP/2 mTLS
+//!   connection per peer sidecar ([`pool`]), secure naming against the service's identities;
+//! - [`ext_authz`]: the Envoy `envoyExtAuthzHttp` client; [`xfcc`]: the XFCC header;
+//!   [`jwt`]: the compiled JWT rules per policy generation; [`record`]: per-request metrics
+//!   and the access log line, written when the response body ends.
+//!
+//! Everything expensive (TLS configs, compiled policy and JWT rules, label sets, clients) is
+//! built per config change or per connection; a request costs a policy evaluation, a few
+//! header edits and a boxed body.
+
+pub mod ext_authz;
+pub mod inbound;
+pub mod jwt;
+pub mod outbound;
+pub mod pool;
+pub mod record;
+pub mod upgrade;
+pub mod xfcc;
+
+use std::error::Error as StdError;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub use inbound::{PeerTls, serve};
+
+/// An error inside a body stream.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The body type of requests and responses the proxy forwards or makes.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Envoy's body when the upstream cannot be reached or resets before the response headers.
+pub const UPSTREAM_CONNECT_ERROR: &str =
+    "upstream connect error or disconnect/reset before headers";
+
+/// The L7 state shared by every connection: pooled clients, the JWT rules cache, the ext_authz
+/// client. Built once per process.
+pub struct L7 {
+    /// Pooled clients to the app.
+    pub app: AppClients,
+    /// Pooled HTTP/2 mTLS connections to peer sidecars.
+    pub peers: std::sync::Arc<pool::PeerPool>,
+    /// The ext_authz HTTP client.
+    pub ext_authz: ext_authz::ExtAuthzClient,
+    /// The JWT rules compiled for the current policy.
+    pub jwt: jwt::JwtCache,
+    /// Whether an access log line is written per request.
+    pub access_log: bool,
+    /// This workload's SPIFFE ID (XFCC `By`, metric labels).
+    pub own_id: std::sync::Arc<str>,
+}
+
+impl std::fmt::Debug for L7 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L7")
+            .field("peers", &self.peers)
+            .field("access_log", &self.access_log)
+            .finish_non_exhaustive()
+    }
+}
+
+impl L7 {
+    /// Builds the L7 state for `config`.
+    pub fn new(config: &crate::config::SidecarConfig) -> Self {
+        let h = &config.http;
+        Self {
+            app: AppClients::new(
+                config.inbound.source_address,
+                config.connect_timeout,
+                h.pool_idle_timeout,
+                h.pool_max_idle_per_host,
+            ),
+            peers: std::sync::Arc::new(pool::PeerPool::new(
+                h.pool_idle_timeout,
+                config.connect_timeout,
+            )),
+            ext_authz: ext_authz::ExtAuthzClient::new(
+                &h.extension_providers.0,
+                config.connect_timeout,
+            ),
+            jwt: jwt::JwtCache::default(),
+            access_log: h.access_log,
+            own_id: config.identity.spiffe_id().as_str().into(),
+        }
+    }
+}
+
+/// Pooled HTTP/1.1 clients to the app, from the configured source address, keep-alive with an
+/// idle timeout and a bound on idle connections. (Apps that speak HTTP/2 get one multiplexed
+/// connection per port from [`pool::PeerPool::get_app`].)
+#[derive(Clone)]
+pub struct AppClients {
+    /// HTTP/1.1 (with upgrades).
+    pub h1: Client<HttpConnector, Body>,
+}
+
+impl std::fmt::Debug for AppClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppClients")
+    }
+}
+
+impl AppClients {
+    /// Clients binding `source` (127.0.0.6) with `connect_timeout`.
+    pub fn new(
+        source: std::net::IpAddr,
+        connect_timeout: std::time::Duration,
+        idle_timeout: std::time::Duration,
+        max_idle_per_host: usize,
+    ) -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_local_address(Some(source));
+        conn.set_connect_timeout(Some(connect_timeout));
+        conn.set_nodelay(true);
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_timer(TokioTimer::new())
+            .pool_idle_timeout(idle_timeout)
+            .pool_max_idle_per_host(max_idle_per_host)
+            // Bodies stream: a request whose body has started cannot be replayed.
+            .retry_canceled_requests(false);
+        Self { h1: b.build(conn) }
+    }
+}
+
+/// A short `text/plain` response.
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    text_owned(status, Bytes::from_static(body.as_bytes()))
+}
+
+/// A `text/plain` response with `body`.
+pub fn text_owned(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// A body of known bytes.
+pub fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|n| match n {}).boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded, except on an upgrade where
+/// `connection` and `upgrade` must reach the other side.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+];
+
+/// Removes hop-by-hop headers, and those named in `Connection`. With `upgrade`, keeps
+/// `connection` and `upgrade`. `te: trailers` stays (gRPC needs it, and HTTP/2 allows it).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !upgrade {
+        // Headers listed in Connection are hop-by-hop too.
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in listed {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        if upgrade && (h == header::CONNECTION || h == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(h);
+    }
+    headers.remove("proxy-connection");
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc...`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// How an upstream failed, as Envoy reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Could not connect (refused, timed out, TLS/secure naming failed): 503, flag `UF`.
+    Connect,
+    /// The connection was reset or closed before the response headers: 503, flag `UC`.
+    Reset,
+    /// The upstream sent something that is not valid HTTP: 502, flag `UPE`.
+    Protocol,
+}
+
+impl UpstreamFailure {
+    /// Classifies a legacy-client error.
+    pub fn of_client_error(e: &hyper_util::client::legacy::Error) -> Self {
+        if e.is_connect() {
+            return UpstreamFailure::Connect;
+        }
+        Self::of_source(e.source())
+    }
+
+    /// Classifies a hyper error (from a connection-level client).
+    pub fn of_hyper(e: &hyper::Error) -> Self {
+        if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+            UpstreamFailure::Protocol
+        } else {
+            UpstreamFailure::Reset
+        }
+    }
+
+    fn of_source(src: Option<&(dyn StdError + 'static)>) -> Self {
+        match src.and_then(|s| s.downcast_ref::<hyper::Error>()) {
+            Some(h) => Self::of_hyper(h),
+            None => UpstreamFailure::Reset,
+        }
+    }
+
+    /// Envoy's response flag.
+    pub fn flag(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "UF",
+            UpstreamFailure::Reset => "UC",
+            UpstreamFailure::Protocol => "UPE",
+        }
+    }
+
+    /// The local reply: status and Envoy's body.
+    pub fn response(self) -> Response<Body> {
+        match self {
+            UpstreamFailure::Connect => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            ),
+            UpstreamFailure::Reset => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            ),
+            UpstreamFailure::Protocol => text(StatusCode::BAD_GATEWAY, "upstream protocol error"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_unless_upgrading() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        assert!(!is_upgrade(&h));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-app"]);
+        // gRPC's `te: trailers` is kept.
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::TE], "trailers");
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn upstream_failures_answer_as_envoy() {
+        let r = UpstreamFailure::Connect.response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(UpstreamFailure::Protocol.response().status(), 502);
+        assert_eq!(UpstreamFailure::Reset.flag(), "UC");
+    }
+}

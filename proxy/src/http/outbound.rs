@@ -1,0 +1,306 @@
+//! Outbound HTTP: requests from the app (HTTP/1.1, or HTTP/2 with prior knowledge) to a mesh
+//! HTTP service are parsed and sent over the pooled HTTP/2 mTLS connection to a peer sidecar
+//! ([`super::pool`]), secure naming against the service's identities. Upgrades (WebSocket)
+//! and CONNECT take a dedicated HTTP/1.1 mTLS connection (ALPN `istio-http/1.1`) that is
+//! spliced after the `101`/`2xx`. A request that was never sent on a pooled connection that
+//! just closed is retried once on a new one.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use warden_identity::tls::Alpn;
+
+use super::record::{CountingBody, Exchange, RecordedBody};
+use super::{Body, UpstreamFailure, is_grpc, is_upgrade, strip_hop_by_hop, text};
+use crate::metrics::{HttpLabels, HttpSeries, Reporter};
+use crate::registry::Service;
+use crate::state::Shared;
+
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    /// `destination_service`.
+    hostname: Arc<str>,
+    unknown: Arc<str>,
+    /// The series per peer identity seen on this connection (usually one).
+    series: Mutex<Vec<(Arc<str>, Arc<HttpSeries>)>>,
+}
+
+impl Conn {
+    fn series(&self, peer: Option<&Arc<str>>) -> Arc<HttpSeries> {
+        let key: Arc<str> = peer.unwrap_or(&self.unknown).clone();
+        {
+            let s = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, v)) = s.iter().find(|(k, _)| *k == key) {
+                return v.clone();
+            }
+        }
+        let id = &self.shared.config.identity;
+        let ns: Arc<str> = warden_identity::SpiffeId::parse(&key)
+            .ok()
+            .and_then(|p| p.namespace().map(Arc::from))
+            .unwrap_or_else(|| Arc::from("unknown"));
+        let series = self.shared.metrics.http(HttpLabels {
+            reporter: Reporter::Source,
+            source_principal: self.shared.l7.own_id.clone(),
+            source_workload: id.workload_name().into(),
+            source_workload_namespace: id.namespace.as_str().into(),
+            destination_principal: key.clone(),
+            destination_workload: Arc::from("unknown"),
+            destination_workload_namespace: ns,
+            destination_service: self.hostname.clone(),
+            mutual_tls: true,
+        });
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((key, series.clone()));
+        series
+    }
+}
+
+/// Serves the app's HTTP connection to `dst` (a mesh HTTP service) until it closes or drains.
+/// The registry is consulted per request, so endpoints and identities follow config changes.
+pub async fn serve(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    service: Arc<Service>,
+) {
+    let conn = Arc::new(Conn {
+        shared: shared.clone(),
+        peer,
+        dst,
+        hostname: service.hostname().into(),
+        unknown: Arc::from("unknown"),
+        series: Mutex::new(Vec::new()),
+    });
+    let drain = shared.drain.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&conn, req).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(client), svc);
+    tokio::pin!(served);
+    let result = tokio::select! {
+        r = served.as_mut() => r,
+        _ = drain.signaled() => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, %dst, error = %e, "outbound HTTP connection ended with an error");
+    }
+}
+
+fn local(mut exchange: Box<Exchange>, resp: Response<Body>, flags: &'static str) -> Response<Body> {
+    exchange.status = resp.status().as_u16();
+    exchange.flags = flags;
+    resp.map(|b| RecordedBody::new(b, exchange).boxed())
+}
+
+async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let shared = &conn.shared;
+    let l7 = &shared.l7;
+    let (mut parts, body) = req.into_parts();
+    let authority: Box<str> = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| conn.dst.to_string())
+        .into();
+    let pq: Box<str> = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .into();
+    let mut exchange = Box::new(Exchange {
+        start,
+        direction: "outbound",
+        method: parts.method.clone(),
+        path: pq,
+        authority,
+        status: 0,
+        flags: "-",
+        grpc: is_grpc(&parts.headers),
+        series: conn.series(None),
+        request_bytes: Arc::new(AtomicU64::new(0)),
+        downstream: conn.peer,
+        dst: conn.dst,
+        upstream: None,
+        detail: "".into(),
+        access_log: l7.access_log,
+    });
+    let service = match shared.registry.load().lookup(conn.dst) {
+        Some(s) if s.is_mesh() => s,
+        _ => {
+            exchange.detail = "the destination is no longer a mesh service".into();
+            return local(
+                exchange,
+                text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                "NR",
+            );
+        }
+    };
+    let endpoint = service.pick_endpoint(conn.dst);
+    exchange.upstream = Some(endpoint);
+    let downstream_version = parts.version;
+    let upgrade = downstream_version == Version::HTTP_11
+        && (is_upgrade(&parts.headers) || parts.method == Method::CONNECT);
+    let uri = if parts.method == Method::CONNECT {
+        Uri::builder().authority(&*exchange.authority).build()
+    } else {
+        Uri::builder()
+            .scheme("http")
+            .authority(&*exchange.authority)
+            .path_and_query(&*exchange.path)
+            .build()
+    };
+    parts.uri = match uri {
+        Ok(u) => u,
+        Err(_) => return local(exchange, text(StatusCode::BAD_REQUEST, "Bad Request"), "-"),
+    };
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&exchange.authority)
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let body = CountingBody::new(body, exchange.request_bytes.clone()).boxed();
+    if upgrade {
+        return upgrade_request(conn, &service, exchange, endpoint, parts, body).await;
+    }
+    parts.version = Version::HTTP_2;
+    let mut req = Request::from_parts(parts, body);
+    let mut attempt = 0;
+    let result = loop {
+        attempt += 1;
+        let pc = match l7.peers.get(shared, endpoint, service.identities()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(dst = %conn.dst, %endpoint, error = %e, "outbound HTTP: no connection to the peer");
+                exchange.detail = e.to_string().into();
+                return local(exchange, UpstreamFailure::Connect.response(), "UF");
+            }
+        };
+        exchange.series = conn.series(Some(&pc.peer));
+        let mut send = pc.send;
+        match send.try_send_request(req).await {
+            Ok(resp) => break Ok(resp),
+            Err(mut e) => match e.take_message() {
+                // Never sent: the pooled connection had just closed. Once more on a new one.
+                Some(back) if attempt == 1 => {
+                    l7.peers.evict(endpoint, service.identities());
+                    req = back;
+                }
+                _ => break Err(e.into_error()),
+            },
+        }
+    };
+    match result {
+        Ok(mut resp) => {
+            strip_hop_by_hop(resp.headers_mut(), false);
+            *resp.version_mut() = downstream_version;
+            exchange.status = resp.status().as_u16();
+            resp.map(|b| RecordedBody::new(b, exchange).boxed())
+        }
+        Err(e) => {
+            let failure = UpstreamFailure::of_hyper(&e);
+            tracing::info!(dst = %conn.dst, %endpoint, error = %e, "outbound HTTP: request to the peer failed");
+            exchange.detail = e.to_string().into();
+            local(exchange, failure.response(), failure.flag())
+        }
+    }
+}
+
+/// An upgrade or CONNECT: a dedicated HTTP/1.1 mTLS connection to the peer sidecar, spliced
+/// with the app's connection once the peer accepted.
+async fn upgrade_request(
+    conn: &Conn,
+    service: &Service,
+    mut exchange: Box<Exchange>,
+    endpoint: SocketAddr,
+    mut parts: http::request::Parts,
+    body: Body,
+) -> Response<Body> {
+    let shared = &conn.shared;
+    let on_downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let connected = async {
+        let tcp = tokio::time::timeout(shared.config.connect_timeout, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let (tls, peer) = tokio::time::timeout(
+            shared.config.connect_timeout,
+            shared.tls.connect(tcp, service.identities(), Alpn::Http11),
+        )
+        .await
+        .map_err(|_| "mTLS handshake timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+        let (send, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            if let Err(e) = c.with_upgrades().await {
+                tracing::debug!(error = %e, "outbound upgrade connection ended with an error");
+            }
+        });
+        Ok::<_, String>((send, Arc::<str>::from(peer.as_str())))
+    }
+    .await;
+    let (mut send, peer) = match connected {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::info!(dst = %conn.dst, %endpoint, error = %e, "outbound HTTP: upgrade connection to the peer failed");
+            exchange.detail = e.into();
+            return local(exchange, UpstreamFailure::Connect.response(), "UF");
+        }
+    };
+    exchange.series = conn.series(Some(&peer));
+    parts.version = Version::HTTP_11;
+    // HTTP/1.1 requests carry the origin form; the authority stays in Host.
+    if parts.method != Method::CONNECT
+        && let Some(pq) = parts.uri.path_and_query().cloned()
+    {
+        parts.uri = Uri::from(pq);
+    }
+    match send.send_request(Request::from_parts(parts, body)).await {
+        Ok(mut resp) => {
+            let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                || (exchange.method == Method::CONNECT && resp.status().is_success());
+            if switched && let Some(down) = on_downstream {
+                let up = hyper::upgrade::on(&mut resp);
+                super::upgrade::splice(down, up, shared.drain.track());
+            }
+            exchange.status = resp.status().as_u16();
+            resp.map(|b| RecordedBody::new(b, exchange).boxed())
+        }
+        Err(e) => {
+            let failure = UpstreamFailure::of_hyper(&e);
+            exchange.detail = e.to_string().into();
+            local(exchange, failure.response(), failure.flag())
+        }
+    }
+}
