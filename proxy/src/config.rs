@@ -211,6 +211,8 @@ pub struct SidecarConfig {
     pub log_format: LogFormat,
     /// The root namespace of mesh-wide policy.
     pub root_namespace: String,
+    /// Resource limits (`limits:`).
+    pub limits: crate::limits::Limits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +236,8 @@ struct RawConfig {
     drain_deadline: Option<String>,
     log_format: Option<LogFormat>,
     root_namespace: Option<String>,
+    #[serde(default)]
+    limits: crate::limits::RawLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -742,6 +746,7 @@ fn build(origin: &str, raw: RawConfig, env: EnvLookup<'_>) -> Result<SidecarConf
         drain_deadline: drain,
         log_format: raw.log_format.unwrap_or(LogFormat::Text),
         root_namespace,
+        limits: crate::limits::Limits::from_raw(origin, raw.limits)?,
     })
 }
 

@@ -80,6 +80,7 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let drain = shared.drain.clone();
+    let builder = shared.config.limits.http_server_builder();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let policy = policy.clone();
@@ -90,7 +91,6 @@ pub async fn serve<S>(
             )
         }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // On drain: finish the request in flight, then close (HTTP/1 `Connection: close`,

@@ -10,6 +10,7 @@
 //! - [`server`]: wires it all and runs until drained.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod config;
 pub mod detect;
@@ -17,6 +18,7 @@ pub mod drain;
 pub mod http;
 pub mod inbound;
 pub mod l4;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod orig_dst;

@@ -91,6 +91,8 @@ impl TcpCounters {
 #[derive(Debug, Default)]
 pub struct Metrics {
     tcp: Mutex<HashMap<Arc<TcpLabels>, Arc<TcpCounters>>>,
+    /// Limit events (listener overflow, accept errors, idle timeouts).
+    pub limits: crate::limits::LimitCounters,
 }
 
 const TCP: [(&str, &str); 4] = [
@@ -160,6 +162,7 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
         }
+        self.limits.render(&mut out);
         out
     }
 }
