@@ -237,7 +237,7 @@ async fn serve<S>(
         client,
         upstream,
         counters.clone(),
-        l4::ForwardLimits::of(&shared),
+        l4::ForwardLimits::of(shared),
     )
     .await;
     counters.closed();
