@@ -164,7 +164,7 @@ where
         last: &last,
     };
     let size = limits.buffer_per_direction.max(1024);
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, size, size);
+    let copy = crate::copy::copy_bidirectional_lazy(&mut client, &mut upstream, size);
     tokio::pin!(copy);
     loop {
         let deadline =

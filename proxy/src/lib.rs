@@ -13,6 +13,7 @@
 pub mod accept;
 pub mod admin;
 pub mod config;
+pub mod copy;
 pub mod detect;
 pub mod drain;
 pub mod http;
