@@ -1,9 +1,11 @@
 //! Faults, each a test with in-process sidecars on real loopback sockets (127.0.150-159.*):
 //! upstreams that refuse, reset or hang; garbage instead of TLS; a stalled handshake;
-//! slowloris; a client aborting mid-body; the connection limit; header limits.
+//! slowloris; a client aborting mid-body; the connection limit; header limits. And the
+//! sidecar-level security properties: a foreign root or trust domain is never accepted,
+//! inbound or outbound.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -27,10 +29,21 @@ struct Mesh {
 
 impl Mesh {
     fn new() -> Self {
+        Self::with_options(CaOptions::default())
+    }
+
+    fn with_options(options: CaOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ca =
-            CertificateAuthority::self_signed(dir.path().join("ca"), CaOptions::default()).unwrap();
+        let ca = CertificateAuthority::self_signed(dir.path().join("ca"), options).unwrap();
         Self { _dir: dir, ca }
+    }
+
+    /// A leaf for `id`: (chain PEM, key PEM).
+    fn issue(&self, id: &SpiffeId) -> (String, String) {
+        let key = KeyAlgorithm::EcdsaP256.generate().unwrap();
+        let csr = warden_identity::keys::csr_pem(&key, id).unwrap();
+        let cert = self.ca.sign_csr(&csr, id, 3600).unwrap();
+        (cert.chain_pem.concat(), key.serialize_pem())
     }
 
     /// Writes cert-chain.pem, key.pem, root-cert.pem for `ns/sa` into `dir`.
@@ -64,6 +77,9 @@ impl Pod {
     }
     fn inbound(&self) -> SocketAddr {
         SocketAddr::new(self.ip, 15006)
+    }
+    fn certs_dir(&self) -> PathBuf {
+        self._dir.path().join("certs")
     }
     fn metrics(&self) -> String {
         self.shared.metrics.render()
@@ -687,4 +703,192 @@ async fn header_count_and_size_limits_answer_431() {
     )
     .await;
     assert_eq!((status, body.as_str()), (200, "GET /ok 0"));
+}
+
+/// A mesh-looking TLS client that accepts any server: only the server's checks decide.
+mod attacker {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// Handshakes with `addr` presenting `chain`/`key` (ALPN `istio`), sends `msg`, returns
+    /// what came back before the connection ended (empty when refused).
+    pub fn echo_with_client_cert(
+        addr: std::net::SocketAddr,
+        chain_pem: &str,
+        key_pem: &str,
+        msg: &[u8],
+    ) -> Vec<u8> {
+        use std::io::{Read, Write};
+        let provider = warden_identity::tls::crypto_provider();
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .map(|c| c.unwrap())
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"istio-peer-exchange".to_vec(), b"istio".to_vec()];
+        let conn =
+            rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("mesh").unwrap())
+                .unwrap();
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        if tls.write_all(msg).and_then(|_| tls.flush()).is_err() {
+            return Vec::new();
+        }
+        let mut out = vec![0u8; msg.len()];
+        match tls.read_exact(&mut out) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn security_inbound_never_accepts_a_foreign_root_or_trust_domain() {
+    // The mesh CA can also issue for evil.example (an alias of the CA, not of the sidecar).
+    let mesh = Mesh::with_options(CaOptions {
+        trust_domain_aliases: vec![TrustDomain::new("evil.example").unwrap()],
+        ..CaOptions::default()
+    });
+    let foreign = Mesh::new();
+    let mut spec = PodSpec::new(160, 2, "b");
+    let pa = [("pa.yaml", peer_authn("STRICT"))];
+    spec.config = &pa;
+    let b = start_pod(&mesh, spec).await;
+    b.wait_ready().await;
+    let accepted = echo_app(SocketAddr::new(ip_app(160, 2), APP_PORT), None).await;
+    let good = SpiffeId::istio(&TrustDomain::default(), NS, "a").unwrap();
+    let evil = SpiffeId::istio(&TrustDomain::new("evil.example").unwrap(), NS, "a").unwrap();
+    let cases = [
+        ("foreign root, right name", foreign.issue(&good)),
+        ("mesh root, foreign trust domain", mesh.issue(&evil)),
+    ];
+    let inbound = b.inbound();
+    for (what, (chain, key)) in cases {
+        let back = tokio::task::spawn_blocking(move || {
+            attacker::echo_with_client_cert(inbound, &chain, &key, b"let me in")
+        })
+        .await
+        .unwrap();
+        assert!(back.is_empty(), "{what}: accepted, got {back:?}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the app saw a foreign peer"
+    );
+    // The same client with a mesh certificate gets through: the refusals were about the
+    // certificates, not the harness.
+    let (chain, key) = mesh.issue(&good);
+    let back = tokio::task::spawn_blocking(move || {
+        attacker::echo_with_client_cert(inbound, &chain, &key, b"mesh peer")
+    })
+    .await
+    .unwrap();
+    assert_eq!(back, b"mesh peer");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn security_outbound_never_accepts_a_server_from_a_foreign_root() {
+    let mesh = Mesh::new();
+    let foreign = Mesh::new();
+    let vip = ip(161, 200);
+    let a_cfg = [("services.yaml", service_entry("echo", vip, ip(161, 2), "b"))];
+    let mut a = PodSpec::new(161, 1, "a");
+    a.config = &a_cfg;
+    a.outbound_to = Some(SocketAddr::new(vip, APP_PORT));
+    let a = start_pod(&mesh, a).await;
+    // B has the right name from a foreign root, and trusts both roots (so it would accept A).
+    let mut b = PodSpec::new(161, 2, "b");
+    b.certs = false;
+    let b = start_pod(&foreign, b).await;
+    let id = SpiffeId::istio(&TrustDomain::default(), NS, "b").unwrap();
+    let (chain, key) = foreign.issue(&id);
+    let dir = b.certs_dir();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    std::fs::write(
+        dir.join("root-cert.pem"),
+        format!(
+            "{}{}",
+            foreign.ca.root_bundle_pem(),
+            mesh.ca.root_bundle_pem()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("cert-chain.pem"), chain).unwrap();
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let accepted = echo_app(SocketAddr::new(ip_app(161, 2), APP_PORT), None).await;
+    let back = round_trip(a.outbound(), b"secret")
+        .await
+        .unwrap_or_default();
+    assert!(back.is_empty(), "{back:?}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    eventually("UF counted on the client side", || {
+        metric_line(
+            &a.metrics(),
+            "istio_tcp_connections_closed_total",
+            &["reporter=\"source\"", "response_flags=\"UF\""],
+        )
+        .is_some()
+    })
+    .await;
 }
