@@ -892,3 +892,36 @@ async fn security_outbound_never_accepts_a_server_from_a_foreign_root() {
     })
     .await;
 }
+
+/// hyper's header timer runs from the end of one response to the end of the next request head,
+/// so `requestHeadersTimeout` is also the HTTP/1 keep-alive idle timeout (documented).
+#[tokio::test]
+async fn keep_alive_idle_up_to_the_request_headers_timeout_then_closed_cleanly() {
+    let mesh = Mesh::new();
+    let mut spec = PodSpec::new(162, 2, "b");
+    spec.extra_yaml = "limits: {requestHeadersTimeout: 1s}\n";
+    let b = start_pod(&mesh, spec).await;
+    b.wait_ready().await;
+    http_app(SocketAddr::new(ip_app(162, 2), APP_PORT)).await;
+    let mut s = TcpStream::connect(b.inbound()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for i in 0..3 {
+        s.write_all(b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200"), "request {i}: {text:?}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let (got, took) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(got.is_empty(), "{got:?}");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    eventually("keep-alive connection freed", || {
+        b.shared.drain.active() == 0
+    })
+    .await;
+}
