@@ -228,6 +228,8 @@ pub struct SidecarConfig {
     pub root_namespace: String,
     /// L7 (HTTP) settings.
     pub http: HttpSettings,
+    /// Resource limits (`limits:`).
+    pub limits: crate::limits::Limits,
 }
 
 /// MeshConfig `extensionProviders` (the CUSTOM authorizers), compared by value.
@@ -286,6 +288,8 @@ struct RawConfig {
     root_namespace: Option<String>,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    limits: crate::limits::RawLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -922,6 +926,7 @@ fn build(origin: &str, raw: RawConfig, env: EnvLookup<'_>) -> Result<SidecarConf
         drain_deadline: drain,
         log_format: raw.log_format.unwrap_or(LogFormat::Text),
         root_namespace,
+        limits: crate::limits::Limits::from_raw(origin, raw.limits)?,
     })
 }
 

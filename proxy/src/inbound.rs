@@ -232,7 +232,13 @@ async fn serve<S>(
     };
     let counters = shared.metrics.tcp(labels);
     counters.opened();
-    let result = l4::forward(client, upstream, counters.clone()).await;
+    let result = l4::forward(
+        client,
+        upstream,
+        counters.clone(),
+        l4::ForwardLimits::of(shared),
+    )
+    .await;
     counters.closed();
     let (rx, tx) = result.as_ref().map(|r| *r).unwrap_or((0, 0));
     tracing::info!(

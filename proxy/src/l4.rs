@@ -1,16 +1,93 @@
-//! L4 forwarding: bidirectional copy with half-close, bounded buffers and live byte counters.
+//! L4 forwarding: bidirectional copy with half-close, bounded buffers, an idle timeout and
+//! live byte counters.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
+use crate::limits::LimitCounters;
 use crate::metrics::TcpCounters;
+use crate::state::Shared;
 
-/// Buffer size per direction.
-pub const BUFFER_SIZE: usize = 16 * 1024;
+/// What bounds one forwarded connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardLimits<'a> {
+    /// Copy buffer per direction.
+    pub buffer_per_direction: usize,
+    /// Closed when no byte moved in either direction for this long.
+    pub idle_timeout: Duration,
+    /// Where idle timeouts are counted.
+    pub counters: &'a LimitCounters,
+}
+
+impl<'a> ForwardLimits<'a> {
+    /// The configured `limits:` of this proxy.
+    pub fn of(shared: &'a Shared) -> Self {
+        let l = &shared.config.limits;
+        Self {
+            buffer_per_direction: l.l4_buffer_per_direction(),
+            idle_timeout: l.idle_timeout,
+            counters: &shared.metrics.limits,
+        }
+    }
+}
+
+/// Stamps the time of the last byte moved (milliseconds since `base`).
+struct Activity<'a, S> {
+    inner: S,
+    base: Instant,
+    last: &'a AtomicU64,
+}
+
+impl<S> Activity<'_, S> {
+    fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last.fetch_max(ms, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// The client-side stream, counting what is read from it (received) and written to it (sent).
 struct Counted<S> {
@@ -58,20 +135,49 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
 /// Copies both ways until both directions ended. An EOF in one direction is passed on as a
 /// write shutdown (half-close), the other direction keeps flowing. Returns the bytes
-/// (client to upstream, upstream to client); counters are updated as bytes flow.
+/// (client to upstream, upstream to client); counters are updated as bytes flow. When no byte
+/// moves for `limits.idle_timeout` the connection ends with a `TimedOut` error (both streams are
+/// dropped, so closed).
 pub async fn forward<C, U>(
     client: C,
-    mut upstream: U,
+    upstream: U,
     counters: Arc<TcpCounters>,
+    limits: ForwardLimits<'_>,
 ) -> io::Result<(u64, u64)>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut client = Counted {
-        inner: client,
-        counters,
+    let base = Instant::now();
+    let last = AtomicU64::new(0);
+    let mut client = Activity {
+        inner: Counted {
+            inner: client,
+            counters,
+        },
+        base,
+        last: &last,
     };
-    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER_SIZE, BUFFER_SIZE)
-        .await
+    let mut upstream = Activity {
+        inner: upstream,
+        base,
+        last: &last,
+    };
+    let size = limits.buffer_per_direction.max(1024);
+    let copy = crate::copy::copy_bidirectional_lazy(&mut client, &mut upstream, size);
+    tokio::pin!(copy);
+    loop {
+        let deadline =
+            base + Duration::from_millis(last.load(Ordering::Relaxed)) + limits.idle_timeout;
+        tokio::select! {
+            r = &mut copy => return r,
+            _ = tokio::time::sleep_until(deadline) => {
+                let idle_since = base + Duration::from_millis(last.load(Ordering::Relaxed));
+                if idle_since + limits.idle_timeout <= Instant::now() {
+                    limits.counters.idle_timeout();
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                }
+            }
+        }
+    }
 }

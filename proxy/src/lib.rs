@@ -11,15 +11,18 @@
 //! - [`server`]: wires it all and runs until drained.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod cert_source;
 pub mod config;
+pub mod copy;
 pub mod detect;
 pub mod drain;
 pub mod gateway;
 pub mod http;
 pub mod inbound;
 pub mod l4;
+pub mod limits;
 pub mod logging;
 pub mod mesh_config;
 pub mod metrics;

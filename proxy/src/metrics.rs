@@ -254,6 +254,8 @@ pub struct Metrics {
     http: Mutex<HashMap<HttpLabels, Arc<HttpSeries>>>,
     /// Completed mTLS handshakes: [as client (source), as server (destination)].
     handshakes: [AtomicU64; 2],
+    /// Limit events (listener overflow, accept errors, idle timeouts).
+    pub limits: crate::limits::LimitCounters,
 }
 
 const TCP: [(&str, &str); 4] = [
@@ -389,6 +391,7 @@ impl Metrics {
                 }
             }
         }
+        self.limits.render(&mut out);
         out
     }
 }

@@ -119,7 +119,13 @@ pub async fn handle(
             let principal = labels.destination_principal.clone();
             let counters = shared.metrics.tcp(labels);
             counters.opened();
-            let r = l4::forward(client, upstream, counters.clone()).await;
+            let r = l4::forward(
+                client,
+                upstream,
+                counters.clone(),
+                l4::ForwardLimits::of(&shared),
+            )
+            .await;
             counters.closed();
             let (tx, rx) = r.as_ref().map(|r| *r).unwrap_or((0, 0));
             access(
@@ -166,7 +172,13 @@ pub async fn handle(
             };
             let counters = shared.metrics.tcp(labels);
             counters.opened();
-            let r = l4::forward(client, upstream, counters.clone()).await;
+            let r = l4::forward(
+                client,
+                upstream,
+                counters.clone(),
+                l4::ForwardLimits::of(&shared),
+            )
+            .await;
             counters.closed();
             let (tx, rx) = r.as_ref().map(|r| *r).unwrap_or((0, 0));
             access(peer, Some(dst), "-", "none", "passthrough", tx, rx, start);

@@ -1,16 +1,17 @@
 //! Running a sidecar: bind the listeners, start the config and certificate watchers, accept
 //! until drained, then let in-flight connections finish up to the drain deadline.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::accept::accept_loop;
 use crate::admin::{self, Endpoint};
 use crate::config::ConfigSource;
+use crate::limits::ListenerKind;
 use crate::state::Shared;
 use crate::{cert_source, inbound, mesh_config, outbound};
 
@@ -105,8 +106,18 @@ pub async fn run(shared: Arc<Shared>, listeners: Listeners) -> Result<DrainOutco
         Endpoint::Health,
     ));
 
-    let out = accept_loop(listeners.outbound, shared.clone(), outbound::handle);
-    let inb = accept_loop(listeners.inbound, shared.clone(), inbound::handle);
+    let out = accept_loop(
+        listeners.outbound,
+        ListenerKind::Outbound,
+        shared.clone(),
+        outbound::handle,
+    );
+    let inb = accept_loop(
+        listeners.inbound,
+        ListenerKind::Inbound,
+        shared.clone(),
+        inbound::handle,
+    );
     let (mut out_conns, mut in_conns) = tokio::join!(out, inb);
     tracing::info!(
         active = shared.drain.active(),
@@ -128,44 +139,4 @@ pub async fn run(shared: Arc<Shared>, listeners: Listeners) -> Result<DrainOutco
     background.abort_all();
     identity.stop().await;
     Ok(DrainOutcome { abandoned })
-}
-
-async fn accept_loop<F, Fut>(listener: TcpListener, shared: Arc<Shared>, handler: F) -> JoinSet<()>
-where
-    F: Fn(Arc<Shared>, TcpStream, SocketAddr, SocketAddr) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let mut conns = JoinSet::new();
-    let local = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "listener has no local address");
-            return conns;
-        }
-    };
-    let drain = shared.drain.clone();
-    loop {
-        tokio::select! {
-            _ = drain.signaled() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let guard = drain.track();
-                    let fut = handler(shared.clone(), stream, peer, local);
-                    conns.spawn(async move {
-                        fut.await;
-                        drop(guard);
-                    });
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, %local, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-    drop(listener);
-    conns
 }

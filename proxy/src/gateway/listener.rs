@@ -365,7 +365,13 @@ async fn l4_forward<IO>(
     }
     let counters = shared.metrics.tcp(labels);
     counters.opened();
-    let r = l4::forward(io, up, counters.clone()).await;
+    let limits = crate::limits::Limits::default();
+    let forward_limits = l4::ForwardLimits {
+        buffer_per_direction: limits.l4_buffer_per_direction(),
+        idle_timeout: limits.idle_timeout,
+        counters: &shared.metrics.limits,
+    };
+    let r = l4::forward(io, up, counters.clone(), forward_limits).await;
     counters.closed();
     let (tx, rx) = r.unwrap_or((0, 0));
     tracing::info!(

@@ -21,7 +21,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use warden_policy::jwt::{JwtFailure, JwtOutcome, RequestView};
 use warden_policy::registry::Protocol;
@@ -130,11 +130,11 @@ pub async fn serve<S>(
         series,
     });
     let drain = shared.drain.clone();
+    let builder = shared.config.limits.http_server_builder();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let conn = conn.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(&conn, req).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(served);
     // On drain: finish the requests in flight, then close (HTTP/1 `Connection: close`,

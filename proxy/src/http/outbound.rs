@@ -14,7 +14,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use warden_identity::tls::Alpn;
 
@@ -86,11 +86,11 @@ pub async fn serve(
         series: Mutex::new(Vec::new()),
     });
     let drain = shared.drain.clone();
+    let builder = shared.config.limits.http_server_builder();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let conn = conn.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(&conn, req).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let served = builder.serve_connection_with_upgrades(TokioIo::new(client), svc);
     tokio::pin!(served);
     let result = tokio::select! {

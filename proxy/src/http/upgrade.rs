@@ -18,14 +18,9 @@ pub fn splice(downstream: OnUpgrade, upstream: OnUpgrade, guard: crate::drain::C
         };
         let mut d = TokioIo::new(d);
         let mut u = TokioIo::new(u);
-        if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
-            &mut d,
-            &mut u,
-            crate::l4::BUFFER_SIZE,
-            crate::l4::BUFFER_SIZE,
-        )
-        .await
-        {
+        // Buffers exist only while bytes move (an idle WebSocket holds none).
+        let size = crate::limits::Limits::default().l4_buffer_per_direction();
+        if let Err(e) = crate::copy::copy_bidirectional_lazy(&mut d, &mut u, size).await {
             tracing::debug!(error = %e, "upgraded connection ended with an error");
         }
     });
