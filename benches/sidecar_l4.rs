@@ -101,7 +101,7 @@ fn bench(c: &mut Criterion) {
             }
         });
         let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: echo, namespace: bench}\n\
-                  spec:\n  hosts: [echo.bench.svc.cluster.local]\n  addresses: [127.0.90.200]\n  ports: [{number: 7000, name: tcp}]\n\
+                  spec:\n  hosts: [echo.bench.svc.cluster.local]\n  location: MESH_INTERNAL\n  addresses: [127.0.90.200]\n  ports: [{number: 7000, name: tcp}]\n\
                   \x20 endpoints: [{address: 127.0.90.2, serviceAccount: server, ports: {tcp: 15006}}]\n";
         let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: bench}\nspec: {mtls: {mode: STRICT}}\n";
         let a = pod(&ca, tmp.path(), "127.0.90.1", "client", &[("se.yaml", se)],

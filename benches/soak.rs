@@ -253,7 +253,7 @@ fn main() {
     let entry = |name: &str, vip: &str, port_name: &str| {
         format!(
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: soak}}\n\
-             spec:\n  hosts: [{name}.soak.svc.cluster.local]\n  addresses: [{vip}]\n  ports: [{{number: 7000, name: {port_name}}}]\n\
+             spec:\n  hosts: [{name}.soak.svc.cluster.local]\n  location: MESH_INTERNAL\n  addresses: [{vip}]\n  ports: [{{number: 7000, name: {port_name}}}]\n\
              \x20 endpoints: [{{address: 127.0.184.2, serviceAccount: server, ports: {{{port_name}: 15006}}}}]\n"
         )
     };

@@ -407,7 +407,7 @@ fn sigterm_under_load_loses_nothing_inside_the_drain_deadline() {
     std::fs::write(
         d.join("a-config/services.yaml"),
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: echo, namespace: demo}\n\
-         spec:\n  hosts: [echo.demo.svc.cluster.local]\n  addresses: [127.0.182.200]\n  ports: [{number: 7000, name: tcp}]\n\
+         spec:\n  hosts: [echo.demo.svc.cluster.local]\n  location: MESH_INTERNAL\n  addresses: [127.0.182.200]\n  ports: [{number: 7000, name: tcp}]\n\
          \x20 endpoints: [{address: 127.0.182.2, serviceAccount: server, ports: {tcp: 15006}}]\n",
     )
     .unwrap();

@@ -220,7 +220,7 @@ fn csr_gets_the_token_identity_and_private_keys_are_never_logged_or_copied() {
     std::fs::write(
         d.join("a/config/services.yaml"),
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: echo, namespace: demo}\n\
-         spec:\n  hosts: [echo.demo.svc.cluster.local]\n  addresses: [127.0.183.200]\n  ports: [{number: 7000, name: tcp}]\n\
+         spec:\n  hosts: [echo.demo.svc.cluster.local]\n  location: MESH_INTERNAL\n  addresses: [127.0.183.200]\n  ports: [{number: 7000, name: tcp}]\n\
          \x20 endpoints: [{address: 127.0.183.2, serviceAccount: server, ports: {tcp: 15006}}]\n",
     )
     .unwrap();

@@ -203,7 +203,7 @@ fn service_entry_port(
 ) -> String {
     format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {NS}}}\n\
-         spec:\n  hosts: [{name}.{NS}.svc.cluster.local]\n  addresses: [{vip}]\n  ports: [{{number: {APP_PORT}, name: {port_name}}}]\n\
+         spec:\n  hosts: [{name}.{NS}.svc.cluster.local]\n  location: MESH_INTERNAL\n  addresses: [{vip}]\n  ports: [{{number: {APP_PORT}, name: {port_name}}}]\n\
          \x20 endpoints: [{{address: {endpoint_ip}, serviceAccount: {sa}, ports: {{{port_name}: 15006}}}}]\n"
     )
 }
