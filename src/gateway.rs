@@ -57,7 +57,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         );
         let drain = shared.drain.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            crate::signal::terminated().await;
             tracing::info!("signal received: draining");
             drain.start();
         });
@@ -67,22 +67,4 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         tracing::info!(abandoned, "gateway stopped");
         anyhow::Ok(())
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -12,6 +12,7 @@ mod iptables;
 mod proxy_status;
 mod quickstart;
 mod sidecar;
+mod signal;
 
 /// Warden: a service-mesh proxy that speaks Istio's configuration.
 #[derive(Debug, Parser)]

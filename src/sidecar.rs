@@ -80,7 +80,7 @@ pub fn run(args: SidecarArgs, log: Option<&str>, json_logs: bool) -> anyhow::Res
         );
         let drain = shared.drain.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            crate::signal::terminated().await;
             tracing::info!("signal received: draining");
             drain.start();
         });
@@ -88,22 +88,4 @@ pub fn run(args: SidecarArgs, log: Option<&str>, json_logs: bool) -> anyhow::Res
         tracing::info!(abandoned = outcome.abandoned, "sidecar stopped");
         anyhow::Ok(())
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -396,6 +396,32 @@ impl Metrics {
     }
 }
 
+/// A Prometheus label list (`k="v",k2="v2"`) with escaped values.
+pub(crate) struct LabelText(String);
+
+impl LabelText {
+    /// An empty list.
+    pub(crate) fn new() -> Self {
+        Self(String::with_capacity(512))
+    }
+
+    /// Appends `k="v"`, escaping `v`.
+    pub(crate) fn push(&mut self, k: &str, v: &str) {
+        if !self.0.is_empty() {
+            self.0.push(',');
+        }
+        self.0.push_str(k);
+        self.0.push_str("=\"");
+        escape_into(&mut self.0, v);
+        self.0.push('"');
+    }
+
+    /// The finished list.
+    pub(crate) fn finish(self) -> String {
+        self.0
+    }
+}
+
 fn escape_into(s: &mut String, v: &str) {
     for ch in v.chars() {
         match ch {
@@ -408,16 +434,8 @@ fn escape_into(s: &mut String, v: &str) {
 }
 
 fn http_label_text(l: &HttpLabels) -> String {
-    let mut s = String::with_capacity(512);
-    let mut push = |k: &str, v: &str| {
-        if !s.is_empty() {
-            s.push(',');
-        }
-        s.push_str(k);
-        s.push_str("=\"");
-        escape_into(&mut s, v);
-        s.push('"');
-    };
+    let mut text = crate::metrics::LabelText::new();
+    let mut push = |k: &str, v: &str| text.push(k, v);
     push("reporter", l.reporter.as_str());
     push("source_principal", &l.source_principal);
     push("source_workload", &l.source_workload);
@@ -433,27 +451,12 @@ fn http_label_text(l: &HttpLabels) -> String {
         "connection_security_policy",
         if l.mutual_tls { "mutual_tls" } else { "none" },
     );
-    s
+    text.finish()
 }
 
 fn label_text(l: &TcpLabels) -> String {
-    let mut s = String::with_capacity(512);
-    let mut push = |k: &str, v: &str| {
-        if !s.is_empty() {
-            s.push(',');
-        }
-        s.push_str(k);
-        s.push_str("=\"");
-        for ch in v.chars() {
-            match ch {
-                '\\' => s.push_str("\\\\"),
-                '"' => s.push_str("\\\""),
-                '\n' => s.push_str("\\n"),
-                c => s.push(c),
-            }
-        }
-        s.push('"');
-    };
+    let mut text = crate::metrics::LabelText::new();
+    let mut push = |k: &str, v: &str| text.push(k, v);
     push("reporter", l.reporter.as_str());
     push("source_principal", &l.source_principal);
     push("source_workload", &l.source_workload);
@@ -471,7 +474,7 @@ fn label_text(l: &TcpLabels) -> String {
         "connection_security_policy",
         if l.mutual_tls { "mutual_tls" } else { "none" },
     );
-    s
+    text.finish()
 }
 
 #[cfg(test)]

@@ -196,23 +196,8 @@ impl HttpMetrics {
 }
 
 fn label_text(l: &HttpLabels) -> String {
-    let mut s = String::with_capacity(512);
-    let mut push = |k: &str, v: &str| {
-        if !s.is_empty() {
-            s.push(',');
-        }
-        s.push_str(k);
-        s.push_str("=\"");
-        for ch in v.chars() {
-            match ch {
-                '\\' => s.push_str("\\\\"),
-                '"' => s.push_str("\\\""),
-                '\n' => s.push_str("\\n"),
-                c => s.push(c),
-            }
-        }
-        s.push('"');
-    };
+    let mut text = crate::metrics::LabelText::new();
+    let mut push = |k: &str, v: &str| text.push(k, v);
     push("reporter", "source");
     push("source_principal", &l.source_principal);
     push("source_workload", &l.source_workload);
@@ -234,7 +219,7 @@ fn label_text(l: &HttpLabels) -> String {
             "unknown"
         },
     );
-    s
+    text.finish()
 }
 
 #[cfg(test)]
