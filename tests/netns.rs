@@ -988,3 +988,168 @@ fn tproxy_and_ipv6_rules_apply_and_clean_up() {
         ""
     );
 }
+
+/// Pods get their certificates from `warden control`'s CA and their policy from its config push,
+/// across the bridge, with capture on: the sidecars' own connections to the control plane
+/// (UID 1337) leave the pod uncaptured, and a policy file changed on the control plane changes
+/// what the server pod's sidecar lets through.
+#[test]
+fn pods_get_certificates_and_policy_from_the_control_plane() {
+    if !preconditions(&[
+        "ip",
+        "iptables-save",
+        "iptables-restore",
+        "python3",
+        "setpriv",
+        "curl",
+    ]) {
+        return;
+    }
+    const CONTROL_IP: &str = "198.18.0.4";
+    let cp = format!("{CONTROL_IP}:15012");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = d.join("control-state");
+    let config = d.join("control-config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("mesh.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: server, namespace: demo}}\n\
+             spec:\n  hosts: [server.demo.svc.cluster.local]\n  addresses: [{SERVER_IP}]\n  location: MESH_INTERNAL\n\
+             \x20 ports: [{{number: 8080, name: tcp-echo}}]\n\
+             \x20 endpoints: [{{address: {SERVER_IP}, serviceAccount: server}}]\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: demo}}\n\
+             spec: {{mtls: {{mode: STRICT}}}}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: echo-from-client, namespace: demo}}\n\
+             spec:\n  selector: {{matchLabels: {{app: server}}}}\n  rules:\n  - from:\n    - source: {{principals: [cluster.local/ns/demo/sa/client]}}\n"
+        ),
+    )
+    .unwrap();
+    // Service-account tokens as Kubernetes would project them (signed with the control plane's key).
+    let mut cfgs = Vec::new();
+    for sa in ["client", "server"] {
+        let pod = d.join(format!("{sa}-pod"));
+        std::fs::create_dir_all(&pod).unwrap();
+        let token = warden(&[
+            "control",
+            "token",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--namespace",
+            "demo",
+            "--service-account",
+            sa,
+        ]);
+        std::fs::write(pod.join("istio-token"), token.trim()).unwrap();
+        let cfg = pod.join("sidecar.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "identity: {{namespace: demo, serviceAccount: {sa}, podName: {sa}-1, labels: {{app: {sa}}}}}\n\
+                 certificates: {{caAddress: \"{cp}\", tokenFile: {pod}/istio-token, rootCert: {pod}/root-cert.pem, caServerName: istiod.istio-system.svc}}\n\
+                 config: {{controlPlane: \"{cp}\"}}\n\
+                 reloadInterval: 200ms\n",
+                pod = pod.display()
+            ),
+        )
+        .unwrap();
+        cfgs.push((pod, cfg));
+    }
+
+    let mut lab = Lab::new(&[CLIENT_IP, SERVER_IP, CONTROL_IP]);
+    let (client, server, control) = (
+        lab.pod(0).to_owned(),
+        lab.pod(1).to_owned(),
+        lab.pod(2).to_owned(),
+    );
+    let cp_proc = Proc::spawn(
+        &control,
+        &[
+            BIN,
+            "control",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--listen",
+            &cp,
+            "--ip-san",
+            CONTROL_IP,
+            "--config-dir",
+            config.to_str().unwrap(),
+            "--config-poll",
+            "100ms",
+        ],
+    );
+    let start = Instant::now();
+    while !in_ns(
+        &control,
+        &[
+            "curl",
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-m",
+            "2",
+            &format!("https://{cp}/ca/root-cert.pem"),
+        ],
+    )
+    .status
+    .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "control plane never listened:\n{}",
+            cp_proc.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.procs.push(cp_proc);
+    // The root bundle as the istio-ca-root-cert ConfigMap would hand it to each pod.
+    for (pod, _) in &cfgs {
+        std::fs::copy(state.join("root-cert.pem"), pod.join("root-cert.pem")).unwrap();
+        chown_tree(pod);
+    }
+    must_in_ns(&client, &[BIN, "iptables"]);
+    must_in_ns(&server, &[BIN, "iptables"]);
+    let app = Proc::spawn(&server, &["python3", "-c", ECHO_SERVER, "8080"]);
+    app.wait_for("echo server", "listening 8080");
+    lab.procs.push(app);
+    // Ready means: certificate from the CA and config from the push API, both across the bridge.
+    start_sidecar(&mut lab, 0, &cfgs[0].1);
+    start_sidecar(&mut lab, 1, &cfgs[1].1);
+
+    let reply = app_call(&client, SERVER_IP, 8080, "hello");
+    assert_eq!(reply, "echo:hello\n");
+    let certs = must_in_ns(&server, &["curl", "-sf", "http://127.0.0.1:15000/certs"]);
+    assert!(
+        certs.contains("spiffe://cluster.local/ns/demo/sa/server"),
+        "the server sidecar's certificate comes from the CA: {certs}"
+    );
+
+    // A DENY written on the control plane reaches the server pod's sidecar.
+    std::fs::write(
+        config.join("deny.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: demo}\n\
+         spec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules: [{}]\n",
+    )
+    .unwrap();
+    let start = Instant::now();
+    while app_call(&client, SERVER_IP, 8080, "again") == "echo:again\n" {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the pushed DENY never applied"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And removing it allows again.
+    std::fs::remove_file(config.join("deny.yaml")).unwrap();
+    let start = Instant::now();
+    while app_call(&client, SERVER_IP, 8080, "back") != "echo:back\n" {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "removing the DENY never applied"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
