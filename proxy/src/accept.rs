@@ -181,6 +181,24 @@ where
             }
         }
     }
+    // Connections the kernel completed before the drain wait in the backlog: their clients
+    // already sent them, so serve them instead of resetting them when the listener closes.
+    // (`timeout(ZERO, ..)` polls the accept once without waiting.)
+    while let Ok(Ok((stream, peer))) =
+        tokio::time::timeout(std::time::Duration::ZERO, listener.accept()).await
+    {
+        let Some(slot) = limit.try_acquire() else {
+            break;
+        };
+        let _ = stream.set_nodelay(true);
+        let guard = drain.track();
+        let fut = handler(shared.clone(), stream, peer, local);
+        conns.spawn(async move {
+            fut.await;
+            drop(guard);
+            drop(slot);
+        });
+    }
     drop(listener);
     conns
 }
