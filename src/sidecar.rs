@@ -22,6 +22,10 @@ pub struct SidecarArgs {
     /// (`127.0.0.1:15001=10.0.0.5:8080`). Repeatable. Without it, SO_ORIGINAL_DST is used.
     #[arg(long = "static-original-dst", value_name = "LISTENER=TARGET")]
     static_original_dst: Vec<String>,
+    /// Worker threads of the data plane (overrides `concurrency` in the file; 0 = one per
+    /// CPU). Istio's `--concurrency` / `proxy.istio.io/config: {concurrency: N}`.
+    #[arg(long, env = "WARDEN_CONCURRENCY")]
+    concurrency: Option<usize>,
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     check_config: bool,
@@ -47,7 +51,10 @@ fn parse_static(pairs: &[String]) -> anyhow::Result<StaticOriginalDst> {
 /// Runs the sidecar until SIGTERM / SIGINT / `POST /quitquitquit` and the drain finish.
 /// Logging is set up here (not in main) so the admin port can change the level at runtime.
 pub fn run(args: SidecarArgs, log: Option<&str>, json_logs: bool) -> anyhow::Result<()> {
-    let config = SidecarConfig::load(args.config.as_deref())?;
+    let mut config = SidecarConfig::load(args.config.as_deref())?;
+    if let Some(n) = args.concurrency {
+        config.concurrency = warden_proxy::config::resolve_concurrency(n);
+    }
     if args.check_config {
         println!("{config:#?}");
         return Ok(());
@@ -64,7 +71,9 @@ pub fn run(args: SidecarArgs, log: Option<&str>, json_logs: bool) -> anyhow::Res
         Arc::new(parse_static(&args.static_original_dst)?)
     };
     let tls = TlsProvider::new(TlsSettings::default()).context("TLS settings")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The control runtime (certificate agent, config subscriber, admin ports) is one thread;
+    // traffic runs on `concurrency` worker threads of their own (`warden_proxy::worker`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;

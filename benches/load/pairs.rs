@@ -277,7 +277,7 @@ fn start_warden(
         cmd.args(["--log", "warn", "sidecar", "-c"])
             .arg(&yaml)
             .args(["--static-original-dst", &orig])
-            .env("TOKIO_WORKER_THREADS", env.threads.to_string())
+            .args(["--concurrency", &env.threads.to_string()])
             .env_remove("RUST_LOG");
         let mut p = Proc::spawn(&format!("warden-{sa}"), cmd, &d.join("log.txt"))?;
         let health = SocketAddr::new(IpAddr::V4(ip), 15021);

@@ -85,10 +85,11 @@ impl ConnectionLimit {
 }
 
 /// Accepts on `listener` until the drain starts, running `handler` for each connection under
-/// the listener's limit. Returns the in-flight connections (the caller waits for or aborts them).
+/// `limit` (shared by the workers' sockets of one listener). Returns the in-flight connections (the caller waits for or aborts them).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     kind: ListenerKind,
+    limit: &ConnectionLimit,
     shared: Arc<Shared>,
     handler: F,
 ) -> JoinSet<()>
@@ -104,7 +105,6 @@ where
             return conns;
         }
     };
-    let limit = ConnectionLimit::new(shared.config.limits.max_connections(kind));
     let counters = &shared.metrics.limits;
     let drain = shared.drain.clone();
     let mut backoff = MIN_BACKOFF;

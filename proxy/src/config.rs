@@ -230,6 +230,10 @@ pub struct SidecarConfig {
     pub http: HttpSettings,
     /// Resource limits (`limits:`).
     pub limits: crate::limits::Limits,
+    /// Worker threads of the data plane (`concurrency`, as Istio's `ProxyConfig.concurrency`:
+    /// 0 means one per CPU; default 2, Istio's default for sidecars). Each runs its own
+    /// event loop with its own listener sockets and connection pools.
+    pub concurrency: usize,
 }
 
 /// MeshConfig `extensionProviders` (the CUSTOM authorizers), compared by value.
@@ -290,6 +294,7 @@ struct RawConfig {
     http: RawHttp,
     #[serde(default)]
     limits: crate::limits::RawLimits,
+    concurrency: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -927,7 +932,20 @@ fn build(origin: &str, raw: RawConfig, env: EnvLookup<'_>) -> Result<SidecarConf
         log_format: raw.log_format.unwrap_or(LogFormat::Text),
         root_namespace,
         limits: crate::limits::Limits::from_raw(origin, raw.limits)?,
+        concurrency: resolve_concurrency(raw.concurrency.unwrap_or(DEFAULT_CONCURRENCY)),
     })
+}
+
+/// Istio's default `concurrency` for sidecars.
+pub const DEFAULT_CONCURRENCY: usize = 2;
+
+/// `concurrency` as worker threads: 0 means one per CPU.
+pub fn resolve_concurrency(n: usize) -> usize {
+    if n == 0 {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        n
+    }
 }
 
 fn http_settings(origin: &str, raw: RawHttp) -> Result<HttpSettings, ConfigError> {

@@ -31,6 +31,7 @@ pub mod outbound;
 pub mod registry;
 pub mod server;
 pub mod state;
+pub mod worker;
 
 pub use config::SidecarConfig;
 pub use server::{Listeners, run};

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::accept::accept_loop;
 use crate::admin::{self, Endpoint};
 use crate::config::ConfigSource;
-use crate::limits::ListenerKind;
 use crate::state::Shared;
-use crate::{cert_source, inbound, mesh_config, outbound};
+use crate::worker::{self, WorkerError, Workers};
+use crate::{cert_source, mesh_config};
 
 /// The bound listeners of a sidecar.
 #[derive(Debug)]
@@ -43,17 +42,21 @@ pub struct BindError {
 }
 
 impl Listeners {
-    /// Binds every port of `shared.config`.
+    /// Binds every port of `shared.config` (the capture ports with `SO_REUSEPORT`, so each
+    /// worker thread gets its own socket on them).
     pub async fn bind(shared: &Shared) -> Result<Self, BindError> {
         let c = &shared.config;
+        let shared_at = |name: &'static str, addr: SocketAddr| {
+            worker::bind_shared(addr).map_err(|source| BindError { name, addr, source })
+        };
         let at = |name: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
                 .map_err(|source| BindError { name, addr, source })
         };
         Ok(Self {
-            outbound: at("outbound", SocketAddr::new(c.bind, c.ports.outbound)).await?,
-            inbound: at("inbound", SocketAddr::new(c.bind, c.ports.inbound)).await?,
+            outbound: shared_at("outbound", SocketAddr::new(c.bind, c.ports.outbound))?,
+            inbound: shared_at("inbound", SocketAddr::new(c.bind, c.ports.inbound))?,
             admin: at("admin", c.admin_addr()).await?,
             stats: at("stats", SocketAddr::new(c.bind, c.ports.stats)).await?,
             health: at("health", SocketAddr::new(c.bind, c.ports.health)).await?,
@@ -67,6 +70,9 @@ pub enum StartError {
     /// The certificate source cannot start (e.g. the CA address does not resolve).
     #[error("certificate source: {0}")]
     Certificates(#[from] warden_identity::agent::AgentError),
+    /// A worker thread cannot start.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
 }
 
 /// How a run ended.
@@ -106,19 +112,9 @@ pub async fn run(shared: Arc<Shared>, listeners: Listeners) -> Result<DrainOutco
         Endpoint::Health,
     ));
 
-    let out = accept_loop(
-        listeners.outbound,
-        ListenerKind::Outbound,
-        shared.clone(),
-        outbound::handle,
-    );
-    let inb = accept_loop(
-        listeners.inbound,
-        ListenerKind::Inbound,
-        shared.clone(),
-        inbound::handle,
-    );
-    let (mut out_conns, mut in_conns) = tokio::join!(out, inb);
+    let mut workers = Workers::start(&shared, listeners.outbound, listeners.inbound).await?;
+    tracing::debug!(workers = workers.count(), "workers accepting");
+    workers.closed().await;
     tracing::info!(
         active = shared.drain.active(),
         deadline_ms = shared.config.drain_deadline.as_millis() as u64,
@@ -134,8 +130,7 @@ pub async fn run(shared: Arc<Shared>, listeners: Listeners) -> Result<DrainOutco
             "drain deadline passed: closing the remaining connections"
         );
     }
-    out_conns.abort_all();
-    in_conns.abort_all();
+    workers.stop().await;
     background.abort_all();
     identity.stop().await;
     Ok(DrainOutcome { abandoned })

@@ -443,7 +443,7 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         send_h2(conn, upstream_req).await
     } else {
         l7.app
-            .h1
+            .h1()
             .request(upstream_req)
             .await
             .map_err(|e| (UpstreamFailure::of_client_error(&e), e.to_string()))

@@ -81,6 +81,7 @@ impl L7 {
                 config.connect_timeout,
                 h.pool_idle_timeout,
                 h.pool_max_idle_per_host,
+                config.concurrency,
             ),
             peers: std::sync::Arc::new(pool::PeerPool::new(
                 h.pool_idle_timeout,
@@ -102,8 +103,8 @@ impl L7 {
 /// connection per port from [`pool::PeerPool::get_app`].)
 #[derive(Clone)]
 pub struct AppClients {
-    /// HTTP/1.1 (with upgrades).
-    pub h1: Client<HttpConnector, Body>,
+    /// HTTP/1.1 (with upgrades), one pool per worker thread (see [`AppClients::h1`]).
+    per_worker: std::sync::Arc<[Client<HttpConnector, Body>]>,
 }
 
 impl std::fmt::Debug for AppClients {
@@ -119,6 +120,7 @@ impl AppClients {
         connect_timeout: std::time::Duration,
         idle_timeout: std::time::Duration,
         max_idle_per_host: usize,
+        workers: usize,
     ) -> Self {
         let mut conn = HttpConnector::new();
         conn.set_local_address(Some(source));
@@ -130,7 +132,17 @@ impl AppClients {
             .pool_max_idle_per_host(max_idle_per_host)
             // Bodies stream: a request whose body has started cannot be replayed.
             .retry_canceled_requests(false);
-        Self { h1: b.build(conn) }
+        Self {
+            per_worker: (0..workers.max(1))
+                .map(|_| b.build(conn.clone()))
+                .collect(),
+        }
+    }
+
+    /// The HTTP/1.1 client of the calling worker thread: its pooled connections are driven
+    /// by this thread's runtime, so reusing one never wakes another thread.
+    pub fn h1(&self) -> &Client<HttpConnector, Body> {
+        &self.per_worker[crate::worker::index() % self.per_worker.len()]
     }
 }
 

@@ -1,6 +1,6 @@
-//! Pooled HTTP/2 mTLS connections to peer sidecars: one connection per (endpoint, expected
-//! identities), shared by every request to it (HTTP/2 streams), so one handshake serves many
-//! requests. Secure naming is part of the key: a connection verified against one set of
+//! Pooled HTTP/2 mTLS connections to peer sidecars: one connection per (worker thread,
+//! endpoint, expected identities), shared by every request of that worker to it (HTTP/2
+//! streams), so one handshake serves many requests. Secure naming is part of the key: a connection verified against one set of
 //! identities is never used for another. Connections idle for `idle_timeout` are released
 //! (in-flight streams finish first); a closed connection is replaced on the next request.
 //! Concurrent first requests wait for a single handshake. The same pool keeps one plaintext
@@ -64,6 +64,8 @@ pub struct PeerConn {
 }
 
 struct Slot {
+    /// The worker thread whose requests use it (and whose runtime drives the connection).
+    worker: usize,
     /// Plaintext HTTP/2 to the local app (no identities) rather than mTLS to a peer.
     plaintext: bool,
     identities: Box<[SpiffeId]>,
@@ -75,7 +77,9 @@ struct Slot {
 
 /// The pool.
 pub struct PeerPool {
-    slots: Mutex<HashMap<SocketAddr, Vec<Arc<Slot>>>>,
+    /// Per worker thread and endpoint: a connection is driven by the worker that made it and
+    /// used only by that worker's requests, so a request never wakes another thread.
+    slots: Mutex<HashMap<(usize, SocketAddr), Vec<Arc<Slot>>>>,
     idle_timeout: Duration,
     connect_timeout: Duration,
     epoch: Instant,
@@ -113,8 +117,9 @@ impl PeerPool {
     }
 
     fn slot(&self, endpoint: SocketAddr, identities: &[SpiffeId], plaintext: bool) -> Arc<Slot> {
+        let worker = crate::worker::index();
         let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let list = map.entry(endpoint).or_default();
+        let list = map.entry((worker, endpoint)).or_default();
         if let Some(s) = list
             .iter()
             .find(|s| s.plaintext == plaintext && &*s.identities == identities)
@@ -122,6 +127,7 @@ impl PeerPool {
             return s.clone();
         }
         let s = Arc::new(Slot {
+            worker,
             plaintext,
             identities: identities.into(),
             ready: Mutex::new(None),
@@ -184,10 +190,11 @@ impl PeerPool {
         if !idle {
             return;
         }
-        if let Some(list) = map.get_mut(&endpoint) {
+        let key = (slot.worker, endpoint);
+        if let Some(list) = map.get_mut(&key) {
             list.retain(|s| !Arc::ptr_eq(s, slot));
             if list.is_empty() {
-                map.remove(&endpoint);
+                map.remove(&key);
             }
         }
     }

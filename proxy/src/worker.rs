@@ -1,0 +1,314 @@
+//! Thread-per-core data plane: `concurrency` worker threads, each running its own
+//! single-threaded tokio runtime with its own outbound and inbound listener sockets (bound to
+//! the same address with `SO_REUSEPORT`, so the kernel spreads new connections over the
+//! workers). A connection, the tasks it spawns and the pooled upstream connections it uses all
+//! live on one thread: a request is read, checked and forwarded without a cross-thread wakeup,
+//! as Envoy's workers do. The certificate agent, the config subscriber and the admin ports stay
+//! on the caller's runtime.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::oneshot;
+
+use crate::accept::{ConnectionLimit, accept_loop};
+use crate::limits::ListenerKind;
+use crate::state::Shared;
+use crate::{inbound, outbound};
+
+thread_local! {
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The worker this thread is (0 outside the workers, e.g. on the control runtime or in tests
+/// that run a handler directly). Per-worker state (connection pools) is keyed by it.
+pub fn index() -> usize {
+    INDEX.with(Cell::get)
+}
+
+/// Backlog of every capture listener socket (as `TcpListener::bind`).
+const BACKLOG: u32 = 1024;
+
+/// Binds a capture listener that further workers can share with [`bind_sibling`].
+pub fn bind_shared(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = reuseport_socket(addr)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Another socket on `addr` (which must have been bound by [`bind_shared`]).
+fn bind_sibling(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind_shared(addr)
+}
+
+fn reuseport_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    Ok(socket)
+}
+
+/// A worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The thread or its runtime could not be created.
+    #[error("worker {index}: {source}")]
+    Start {
+        /// Which worker.
+        index: usize,
+        /// Why.
+        source: io::Error,
+    },
+    /// Its listener socket could not be bound.
+    #[error("worker {index}: cannot listen on {addr} ({listener}): {source}")]
+    Bind {
+        /// Which worker.
+        index: usize,
+        /// Which listener.
+        listener: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The worker thread ended before it reported (it panicked).
+    #[error("worker {0} stopped while starting")]
+    Lost(usize),
+}
+
+struct Handle {
+    /// Tells the worker to close what is left and exit.
+    stop: Option<oneshot::Sender<()>>,
+    /// Fires when its accept loops returned (the drain started and the listeners closed).
+    closed: Option<oneshot::Receiver<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The running workers.
+pub struct Workers {
+    handles: Vec<Handle>,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("count", &self.handles.len())
+            .finish()
+    }
+}
+
+/// What one worker accepts on.
+enum Socket {
+    /// The listener bound before the workers started (worker 0 takes it over).
+    Given(std::net::TcpListener),
+    /// Bind another socket on this address (workers 1..).
+    Sibling(SocketAddr),
+}
+
+impl Socket {
+    fn listen(self) -> io::Result<TcpListener> {
+        match self {
+            Socket::Given(l) => TcpListener::from_std(l),
+            Socket::Sibling(addr) => bind_sibling(addr),
+        }
+    }
+}
+
+impl Workers {
+    /// Starts `shared.config.concurrency` workers accepting on `outbound` and `inbound` (both
+    /// bound with [`bind_shared`]) and returns once every worker listens.
+    pub async fn start(
+        shared: &Arc<Shared>,
+        outbound: TcpListener,
+        inbound: TcpListener,
+    ) -> Result<Self, WorkerError> {
+        let count = shared.config.concurrency.max(1);
+        let out_addr = outbound.local_addr().map_err(|source| WorkerError::Start {
+            index: 0,
+            source,
+        })?;
+        let in_addr = inbound.local_addr().map_err(|source| WorkerError::Start {
+            index: 0,
+            source,
+        })?;
+        let given = |l: TcpListener| {
+            l.into_std()
+                .map_err(|source| WorkerError::Start { index: 0, source })
+        };
+        let mut first = Some((given(outbound)?, given(inbound)?));
+        let limits = Arc::new([
+            ConnectionLimit::new(shared.config.limits.max_connections(ListenerKind::Outbound)),
+            ConnectionLimit::new(shared.config.limits.max_connections(ListenerKind::Inbound)),
+        ]);
+        let mut workers = Workers {
+            handles: Vec::with_capacity(count),
+        };
+        for index in 0..count {
+            let (out, inb) = match first.take() {
+                Some((o, i)) => (Socket::Given(o), Socket::Given(i)),
+                None => (Socket::Sibling(out_addr), Socket::Sibling(in_addr)),
+            };
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let (closed_tx, closed_rx) = oneshot::channel();
+            let (stop_tx, stop_rx) = oneshot::channel();
+            let shared = shared.clone();
+            let limits = limits.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("warden-worker-{index}"))
+                .spawn(move || {
+                    run_worker(
+                        index, shared, limits, out, inb, ready_tx, closed_tx, stop_rx,
+                    )
+                })
+                .map_err(|source| WorkerError::Start { index, source })?;
+            workers.handles.push(Handle {
+                stop: Some(stop_tx),
+                closed: Some(closed_rx),
+                thread: Some(thread),
+            });
+            match ready_rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(WorkerError::Lost(index)),
+            }
+        }
+        Ok(workers)
+    }
+
+    /// Workers running.
+    pub fn count(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Waits until every worker stopped accepting (the drain started).
+    pub async fn closed(&mut self) {
+        for h in &mut self.handles {
+            if let Some(rx) = h.closed.take() {
+                // An error means the worker is gone: nothing is accepted there either.
+                let _ = rx.await;
+            }
+        }
+    }
+
+    /// Closes the connections still open on every worker and waits for the threads to exit.
+    pub async fn stop(mut self) {
+        self.signal_stop();
+        let threads: Vec<_> = self
+            .handles
+            .iter_mut()
+            .filter_map(|h| h.thread.take())
+            .collect();
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                if t.join().is_err() {
+                    tracing::error!("a worker thread panicked");
+                }
+            }
+        });
+        let _ = joined.await;
+    }
+
+    fn signal_stop(&mut self) {
+        for h in &mut self.handles {
+            if let Some(tx) = h.stop.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+impl Drop for Workers {
+    /// Dropped without [`stop`](Self::stop) (the caller's task was cancelled): the workers
+    /// close their connections and exit on their own.
+    fn drop(&mut self) {
+        self.signal_stop();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_worker(
+    index: usize,
+    shared: Arc<Shared>,
+    limits: Arc<[ConnectionLimit; 2]>,
+    out: Socket,
+    inb: Socket,
+    ready: oneshot::Sender<Result<(), WorkerError>>,
+    closed: oneshot::Sender<()>,
+    stop: oneshot::Receiver<()>,
+) {
+    INDEX.with(|i| i.set(index));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(source) => {
+            let _ = ready.send(Err(WorkerError::Start { index, source }));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let bind = |s: Socket, listener: &'static str, addr: SocketAddr| {
+            s.listen().map_err(|source| WorkerError::Bind {
+                index,
+                listener,
+                addr,
+                source,
+            })
+        };
+        let out_addr = socket_addr(&out);
+        let in_addr = socket_addr(&inb);
+        let listeners = bind(out, "outbound", out_addr)
+            .and_then(|o| bind(inb, "inbound", in_addr).map(|i| (o, i)));
+        let (out, inb) = match listeners {
+            Ok(l) => {
+                let _ = ready.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let (mut out_conns, mut in_conns) = tokio::join!(
+            accept_loop(
+                out,
+                ListenerKind::Outbound,
+                &limits[0],
+                shared.clone(),
+                outbound::handle
+            ),
+            accept_loop(
+                inb,
+                ListenerKind::Inbound,
+                &limits[1],
+                shared.clone(),
+                inbound::handle
+            ),
+        );
+        let _ = closed.send(());
+        // In-flight connections (and the pooled connections they use) go on until the
+        // caller has waited for the drain; an error means the caller is gone: stop too.
+        let _ = stop.await;
+        out_conns.abort_all();
+        in_conns.abort_all();
+    });
+    // Dropping the runtime cancels what is left (pooled upstream connections, upgrades).
+    drop(runtime);
+}
+
+fn socket_addr(s: &Socket) -> SocketAddr {
+    match s {
+        Socket::Given(l) => l
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        Socket::Sibling(a) => *a,
+    }
+}
