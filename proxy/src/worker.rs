@@ -130,14 +130,12 @@ impl Workers {
         inbound: TcpListener,
     ) -> Result<Self, WorkerError> {
         let count = shared.config.concurrency.max(1);
-        let out_addr = outbound.local_addr().map_err(|source| WorkerError::Start {
-            index: 0,
-            source,
-        })?;
-        let in_addr = inbound.local_addr().map_err(|source| WorkerError::Start {
-            index: 0,
-            source,
-        })?;
+        let out_addr = outbound
+            .local_addr()
+            .map_err(|source| WorkerError::Start { index: 0, source })?;
+        let in_addr = inbound
+            .local_addr()
+            .map_err(|source| WorkerError::Start { index: 0, source })?;
         let given = |l: TcpListener| {
             l.into_std()
                 .map_err(|source| WorkerError::Start { index: 0, source })

@@ -294,24 +294,18 @@ async fn allowed_by_principal_denied_by_header_with_xfcc_and_metrics() {
     );
 }
 
-#[tokio::test]
-async fn many_requests_share_one_pooled_mtls_connection() {
-    if !have("curl") {
-        return;
-    }
-    let mesh = Mesh::new();
-    let test = 41;
-    let (a, b) = client_and_server(&mesh, test, "http", "b", "b", vec![], "").await;
-    let accepted = app(b.app()).await;
-    // Several app connections (curl runs, and a hyper client with concurrent requests).
-    for _ in 0..3 {
-        let (code, _) = curl(&[&format!("http://{}/x", a.outbound())]).await;
-        assert_eq!(code, 200);
-    }
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+/// Sends `n` concurrent GETs through `client` to `a`'s outbound port; each must be answered by
+/// the app with its own path.
+async fn concurrent_gets(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    a: &Pod,
+    n: usize,
+) {
     let mut tasks = Vec::new();
-    for i in 0..60 {
+    for i in 0..n {
         let client = client.clone();
         let url: hyper::Uri = format!("http://{}/req/{i}", a.outbound()).parse().unwrap();
         tasks.push(tokio::spawn(async move {
@@ -324,25 +318,71 @@ async fn many_requests_share_one_pooled_mtls_connection() {
         let body = t.await.unwrap();
         assert!(body.starts_with(format!("GET /req/{i} ").as_bytes()));
     }
-    // One pooled connection per worker thread of the client sidecar, whatever the number of
-    // requests and app connections.
+}
+
+#[tokio::test]
+async fn many_requests_share_pooled_mtls_connections() {
+    if !have("curl") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let test = 41;
+    let (a, b) = client_and_server(&mesh, test, "http", "b", "b", vec![], "").await;
+    let accepted = app(b.app()).await;
     let workers = a.shared.config.concurrency as u64;
-    let client_side = a.shared.metrics.tls_handshakes(Reporter::Source);
+    let handshakes = || a.shared.metrics.tls_handshakes(Reporter::Source);
+    // HTTP/1.1 (Istio's default, no upgrade to HTTP/2 between sidecars): sequential requests
+    // over several app connections reuse the worker's keep-alive mTLS connection.
+    for _ in 0..3 {
+        let (code, _) = curl(&[&format!("http://{}/x", a.outbound())]).await;
+        assert_eq!(code, 200);
+    }
+    let sequential = handshakes();
     assert!(
-        (1..=workers).contains(&client_side),
-        "{client_side} mTLS handshakes for 63 requests over {workers} workers"
+        (1..=workers).contains(&sequential),
+        "{sequential} mTLS handshakes for 3 sequential requests over {workers} workers"
     );
+    // Concurrent HTTP/1.1 requests need as many connections; a second round reuses them.
+    let h1 = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    concurrent_gets(&h1, &a, 30).await;
+    let first_round = handshakes();
+    assert!(first_round <= sequential + 30, "{first_round}");
+    concurrent_gets(&h1, &a, 30).await;
+    let second_round = handshakes();
+    assert!(
+        second_round - first_round <= workers,
+        "the second round made {} new mTLS connections instead of reusing {first_round}",
+        second_round - first_round
+    );
+    // HTTP/2 from the app: one multiplexed mTLS connection per worker, whatever the number of
+    // concurrent requests.
+    let h2 = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    concurrent_gets(&h2, &a, 60).await;
+    let h2_made = handshakes() - second_round;
+    assert!(
+        (1..=workers).contains(&h2_made),
+        "{h2_made} mTLS handshakes for 60 concurrent HTTP/2 requests over {workers} workers"
+    );
+    let total = handshakes();
     assert_eq!(
         b.shared.metrics.tls_handshakes(Reporter::Destination),
-        client_side,
+        total,
         "the server sidecar saw other handshakes than the client made"
     );
     assert!(b.metrics().contains(&format!(
-        "warden_tls_handshakes_total{{reporter=\"destination\"}} {client_side}"
+        "warden_tls_handshakes_total{{reporter=\"destination\"}} {total}"
     )));
-    // The app side is pooled too: far fewer connections than requests.
+    // The app side is pooled too (per server worker): fewer connections than requests, at
+    // most the peak concurrency (60) per worker.
     let n = accepted.load(Ordering::SeqCst);
-    assert!(n <= 64, "{n} app connections for 63 requests");
+    let b_workers = b.shared.config.concurrency;
+    assert!(
+        n < 123 && n <= 60 * b_workers,
+        "{n} app connections for 123 requests"
+    );
 }
 
 #[tokio::test]
@@ -884,24 +924,49 @@ async fn idle_pooled_connections_are_released_and_replaced() {
     b.wait_ready().await;
     app(b.app()).await;
     let url = format!("http://{}/x", a.outbound());
+    let handshakes = || a.shared.metrics.tls_handshakes(Reporter::Source);
+    let workers = a.shared.config.concurrency as u64;
+    // HTTP/1.1: keep-alive connections, closed once idle past the timeout.
     assert_eq!(curl(&[&url]).await.0, 200);
     assert_eq!(curl(&[&url]).await.0, 200);
-    assert_eq!(a.shared.metrics.tls_handshakes(Reporter::Source), 1);
+    let made = handshakes();
+    assert!((1..=workers).contains(&made), "{made}");
+    eventually_true("idle HTTP/1.1 peer connections closed", || {
+        b.shared.drain.active() == 0
+    })
+    .await;
+    assert_eq!(curl(&[&url]).await.0, 200);
+    assert_eq!(
+        handshakes(),
+        made + 1,
+        "no new connection after the idle close"
+    );
+    // HTTP/2 from the app: the pooled HTTP/2 connection is released and forgotten too.
+    let before = handshakes();
+    assert_eq!(curl(&["--http2-prior-knowledge", &url]).await.0, 200);
+    assert_eq!(handshakes(), before + 1);
     assert_eq!(a.shared.l7.peers.slot_count(), 1);
-    // Idle past the timeout: released, closed, forgotten.
-    let mut released = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if a.shared.l7.peers.slot_count() == 0 {
-            released = true;
-            break;
+    eventually_true("idle HTTP/2 peer connection released", || {
+        a.shared.l7.peers.slot_count() == 0
+    })
+    .await;
+    assert_eq!(curl(&["--http2-prior-knowledge", &url]).await.0, 200);
+    assert_eq!(handshakes(), before + 2);
+    assert_eq!(
+        b.shared.metrics.tls_handshakes(Reporter::Destination),
+        handshakes()
+    );
+}
+
+/// Waits up to 3 s for `cond`.
+async fn eventually_true(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..150 {
+        if cond() {
+            return;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(released, "the idle peer connection was never released");
-    // The next request makes a new connection.
-    assert_eq!(curl(&[&url]).await.0, 200);
-    assert_eq!(a.shared.metrics.tls_handshakes(Reporter::Source), 2);
-    assert_eq!(b.shared.metrics.tls_handshakes(Reporter::Destination), 2);
+    panic!("{what}: not within 3 s");
 }
 
 #[tokio::test]
@@ -980,5 +1045,10 @@ async fn http_on_an_undeclared_port_is_sniffed_and_handled_per_request() {
         .is_some(),
         "{m}"
     );
-    assert_eq!(a.shared.metrics.tls_handshakes(Reporter::Source), 1);
+    // Two sequential app connections: one keep-alive mTLS connection per worker at most.
+    let made = a.shared.metrics.tls_handshakes(Reporter::Source);
+    assert!(
+        (1..=a.shared.config.concurrency as u64).contains(&made),
+        "{made}"
+    );
 }

@@ -16,6 +16,7 @@
 pub mod ext_authz;
 pub mod inbound;
 pub mod jwt;
+pub mod mesh_h1;
 pub mod outbound;
 pub mod pool;
 pub mod record;
@@ -52,6 +53,8 @@ pub struct L7 {
     pub app: AppClients,
     /// Pooled HTTP/2 mTLS connections to peer sidecars.
     pub peers: std::sync::Arc<pool::PeerPool>,
+    /// HTTP/1.1 keep-alive mTLS pools to peer sidecars (HTTP/1.x requests).
+    pub mesh_h1: mesh_h1::MeshH1,
     /// The ext_authz HTTP client.
     pub ext_authz: ext_authz::ExtAuthzClient,
     /// The JWT rules compiled for the current policy.
@@ -87,6 +90,12 @@ impl L7 {
                 h.pool_idle_timeout,
                 config.connect_timeout,
             )),
+            mesh_h1: mesh_h1::MeshH1::new(
+                config.concurrency,
+                h.pool_idle_timeout,
+                h.pool_max_idle_per_host,
+                config.connect_timeout,
+            ),
             ext_authz: ext_authz::ExtAuthzClient::new(
                 &h.extension_providers.0,
                 config.connect_timeout,
@@ -133,9 +142,7 @@ impl AppClients {
             // Bodies stream: a request whose body has started cannot be replayed.
             .retry_canceled_requests(false);
         Self {
-            per_worker: (0..workers.max(1))
-                .map(|_| b.build(conn.clone()))
-                .collect(),
+            per_worker: (0..workers.max(1)).map(|_| b.build(conn.clone())).collect(),
         }
     }
 

@@ -1,9 +1,11 @@
 //! Outbound HTTP: requests from the app (HTTP/1.1, or HTTP/2 with prior knowledge) to a mesh
-//! HTTP service are parsed and sent over the pooled HTTP/2 mTLS connection to a peer sidecar
-//! ([`super::pool`]), secure naming against the service's identities. Upgrades (WebSocket)
-//! and CONNECT take a dedicated HTTP/1.1 mTLS connection (ALPN `istio-http/1.1`) that is
-//! spliced after the `101`/`2xx`. A request that was never sent on a pooled connection that
-//! just closed is retried once on a new one.
+//! HTTP service. HTTP/1.x requests go to the peer sidecar as HTTP/1.1 over a pooled keep-alive
+//! mTLS connection ([`super::mesh_h1`], Istio's default: no upgrade to HTTP/2); HTTP/2 and gRPC
+//! requests go over the pooled HTTP/2 mTLS connection ([`super::pool`]); both verify the peer
+//! against the service's identities (secure naming). Upgrades (WebSocket) and CONNECT take a
+//! dedicated HTTP/1.1 mTLS connection (ALPN `istio-http/1.1`) that is spliced after the
+//! `101`/`2xx`. A request that was never sent on a pooled connection that just closed is
+//! retried once on a new one.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -18,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use warden_identity::tls::Alpn;
 
+use super::mesh_h1::PeerIdentity;
 use super::record::{CountingBody, Exchange, RecordedBody};
 use super::{Body, UpstreamFailure, is_grpc, is_upgrade, strip_hop_by_hop, text};
 use crate::metrics::{HttpLabels, HttpSeries, Reporter};
@@ -191,7 +194,11 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     if upgrade {
         return upgrade_request(conn, &service, exchange, endpoint, parts, body).await;
     }
-    parts.version = Version::HTTP_2;
+    if downstream_version != Version::HTTP_2 {
+        // Istio's default (`h2UpgradePolicy: DO_NOT_UPGRADE`): HTTP/1.x stays HTTP/1.1 to the
+        // peer sidecar, on a pooled keep-alive mTLS connection (ALPN `istio-http/1.1`).
+        return send_h1(conn, &service, exchange, endpoint, parts, body).await;
+    }
     let mut req = Request::from_parts(parts, body);
     let mut attempt = 0;
     let result = loop {
@@ -229,6 +236,62 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
             let failure = UpstreamFailure::of_hyper(&e);
             tracing::info!(dst = %conn.dst, %endpoint, error = %e, "outbound HTTP: request to the peer failed");
             exchange.detail = e.to_string().into();
+            local(exchange, failure.response(), failure.flag())
+        }
+    }
+}
+
+/// An HTTP/1.x request: HTTP/1.1 to the peer sidecar over a pooled mTLS connection of the
+/// calling worker, verified against the service's identities.
+async fn send_h1(
+    conn: &Conn,
+    service: &Service,
+    mut exchange: Box<Exchange>,
+    endpoint: SocketAddr,
+    mut parts: http::request::Parts,
+    body: Body,
+) -> Response<Body> {
+    let shared = &conn.shared;
+    let weak = Arc::downgrade(shared);
+    let client = shared
+        .l7
+        .mesh_h1
+        .client(&shared.tls, service.identities(), move || {
+            if let Some(s) = weak.upgrade() {
+                s.metrics.tls_handshake(Reporter::Source);
+            }
+        });
+    // The pool is keyed by the endpoint in the URI; the request line carries the path only
+    // and `Host` the original authority (set above).
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(endpoint.to_string())
+        .path_and_query(&*exchange.path)
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => return local(exchange, text(StatusCode::BAD_REQUEST, "Bad Request"), "-"),
+    };
+    let downstream_version = parts.version;
+    parts.version = Version::HTTP_11;
+    match client.request(Request::from_parts(parts, body)).await {
+        Ok(mut resp) => {
+            if let Some(peer) = resp.extensions().get::<PeerIdentity>() {
+                exchange.series = conn.series(Some(&peer.0));
+            }
+            strip_hop_by_hop(resp.headers_mut(), false);
+            *resp.version_mut() = downstream_version;
+            exchange.status = resp.status().as_u16();
+            resp.map(|b| RecordedBody::new(b.boxed(), exchange).boxed())
+        }
+        Err(e) => {
+            let failure = UpstreamFailure::of_client_error(&e);
+            let detail = match std::error::Error::source(&e) {
+                Some(src) => src.to_string(),
+                None => e.to_string(),
+            };
+            tracing::info!(dst = %conn.dst, %endpoint, error = %detail, "outbound HTTP: request to the peer failed");
+            exchange.detail = detail.into();
             local(exchange, failure.response(), failure.flag())
         }
     }
