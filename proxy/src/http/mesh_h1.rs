@@ -162,9 +162,12 @@ impl Write for MeshStream {
 /// A client whose connections are verified against one identity set.
 pub type MeshClient = Client<MeshConnector, Body>;
 
+/// One worker's clients, by the identity set they verify.
+type WorkerClients = Mutex<HashMap<Box<[SpiffeId]>, MeshClient>>;
+
 /// The per-worker, per-identity-set HTTP/1.1 clients.
 pub struct MeshH1 {
-    per_worker: Box<[Mutex<HashMap<Box<[SpiffeId]>, MeshClient>>]>,
+    per_worker: Box<[WorkerClients]>,
     idle_timeout: Duration,
     max_idle_per_host: usize,
     connect_timeout: Duration,

@@ -75,11 +75,14 @@ struct Slot {
     last_used: AtomicU64,
 }
 
+/// (worker thread, endpoint).
+type SlotKey = (usize, SocketAddr);
+
 /// The pool.
 pub struct PeerPool {
     /// Per worker thread and endpoint: a connection is driven by the worker that made it and
     /// used only by that worker's requests, so a request never wakes another thread.
-    slots: Mutex<HashMap<(usize, SocketAddr), Vec<Arc<Slot>>>>,
+    slots: Mutex<HashMap<SlotKey, Vec<Arc<Slot>>>>,
     idle_timeout: Duration,
     connect_timeout: Duration,
     epoch: Instant,
