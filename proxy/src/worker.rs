@@ -275,22 +275,31 @@ fn run_worker(
                 return;
             }
         };
-        let (mut out_conns, mut in_conns) = tokio::join!(
-            accept_loop(
-                out,
-                ListenerKind::Outbound,
-                &limits[0],
-                shared.clone(),
-                outbound::handle
-            ),
-            accept_loop(
-                inb,
-                ListenerKind::Inbound,
-                &limits[1],
-                shared.clone(),
-                inbound::handle
-            ),
-        );
+        let mut stop = stop;
+        let accepting = async {
+            tokio::join!(
+                accept_loop(
+                    out,
+                    ListenerKind::Outbound,
+                    &limits[0],
+                    shared.clone(),
+                    outbound::handle
+                ),
+                accept_loop(
+                    inb,
+                    ListenerKind::Inbound,
+                    &limits[1],
+                    shared.clone(),
+                    inbound::handle
+                ),
+            )
+        };
+        // Told to stop while still accepting (the caller gave up, e.g. a failed start or a
+        // cancelled task): dropping the accept loops closes their connections.
+        let (mut out_conns, mut in_conns) = tokio::select! {
+            conns = accepting => conns,
+            _ = &mut stop => return,
+        };
         let _ = closed.send(());
         // In-flight connections (and the pooled connections they use) go on until the
         // caller has waited for the drain; an error means the caller is gone: stop too.
