@@ -161,8 +161,8 @@ async fn start_pod(mesh: &Mesh, spec: PodSpec<'_>) -> Pod {
     );
     let cfg =
         SidecarConfig::from_parts(Some((Path::new("sidecar.yaml"), &yaml)), &|_| None).unwrap();
-    let mut orig =
-        StaticOriginalDst::new().with(SocketAddr::new(ip, 15006), SocketAddr::new(ip, APP_PORT));
+    let inbound_dst = spec.inbound_to.unwrap_or(SocketAddr::new(ip, APP_PORT));
+    let mut orig = StaticOriginalDst::new().with(SocketAddr::new(ip, 15006), inbound_dst);
     if let Some(to) = spec.outbound_to {
         orig = orig.with(SocketAddr::new(ip, 15001), to);
     }

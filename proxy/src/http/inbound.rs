@@ -14,7 +14,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
@@ -31,7 +30,8 @@ use warden_policy::{
 };
 
 use super::ext_authz::Outcome;
-use super::record::{CountingBody, Exchange, RecordedBody};
+use super::prefetch::{self, Prefetched};
+use super::record::{Exchange, RecordedBody, access_log_enabled};
 use super::{Body, UpstreamFailure, is_grpc, is_upgrade, strip_hop_by_hop, text, xfcc};
 use crate::metrics::{HttpLabels, HttpSeries, Reporter};
 use crate::state::Shared;
@@ -213,12 +213,12 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         flags: "-",
         grpc,
         series: conn.series.clone(),
-        request_bytes: Arc::new(AtomicU64::new(0)),
+        request_bytes: None,
         downstream: conn.peer,
         dst: conn.dst,
         upstream: None,
         detail: "".into(),
-        access_log: l7.access_log,
+        access_log: access_log_enabled(l7.access_log),
     });
     let Ok(path) = normalized else {
         return local(exchange, text(StatusCode::BAD_REQUEST, "Bad Request"), "-");
@@ -326,7 +326,7 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
             }
         };
         let decision = authz.finish(&areq, custom, answer);
-        if l7.access_log || !decision.is_allowed() {
+        if exchange.access_log || !decision.is_allowed() {
             exchange.detail = decision.to_string().into();
         }
         match decision.reason {
@@ -418,9 +418,12 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         .unwrap_or(exchange.grpc || (conn.tls.is_none() && downstream_version == Version::HTTP_2));
     // HTTP/2 keeps the request's authority (the pooled connection is the app's); HTTP/1.1
     // carries it in Host and the client pool is keyed by the app address.
-    let authority = match http::uri::Authority::try_from(&*exchange.authority) {
-        Ok(a) if h2 => a,
-        _ => conn.app_authority.clone(),
+    let authority = match h2
+        .then(|| http::uri::Authority::try_from(&*exchange.authority).ok())
+        .flatten()
+    {
+        Some(a) => a,
+        None => conn.app_authority.clone(),
     };
     parts.uri = match Uri::builder()
         .scheme("http")
@@ -436,7 +439,7 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     } else {
         Version::HTTP_11
     };
-    let body = CountingBody::new(body, exchange.request_bytes.clone()).boxed();
+    let body = exchange.request_body(body);
     let upstream_req = Request::from_parts(parts, body);
     exchange.upstream = Some(conn.app);
     let result = if h2 {
@@ -450,14 +453,17 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     };
     match result {
         Ok(mut resp) => {
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let resp = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(down) = on_downstream_upgrade {
                     let up = hyper::upgrade::on(&mut resp);
                     super::upgrade::splice(down, up, shared.drain.track());
                 }
+                resp.map(Prefetched::passthrough)
             } else {
                 strip_hop_by_hop(resp.headers_mut(), false);
-            }
+                prefetch::first_frame(resp).await
+            };
+            let mut resp = resp;
             for (k, v) in ext_downstream {
                 resp.headers_mut().insert(k, v);
             }
@@ -506,7 +512,7 @@ async fn connect_app(
             return local(exchange, UpstreamFailure::Connect.response(), "UF");
         }
     };
-    let body = CountingBody::new(body, exchange.request_bytes.clone()).boxed();
+    let body = exchange.request_body(body);
     match send.send_request(Request::from_parts(parts, body)).await {
         Ok(mut resp) => {
             if resp.status().is_success()

@@ -7,7 +7,8 @@
 //!   connection per peer sidecar ([`pool`]), secure naming against the service's identities;
 //! - [`ext_authz`]: the Envoy `envoyExtAuthzHttp` client; [`xfcc`]: the XFCC header;
 //!   [`jwt`]: the compiled JWT rules per policy generation; [`record`]: per-request metrics
-//!   and the access log line, written when the response body ends.
+//!   and the access log line, written when the response body ends; [`prefetch`]: small
+//!   responses leave with their first body chunk (one write for head and body).
 //!
 //! Everything expensive (TLS configs, compiled policy and JWT rules, label sets, clients) is
 //! built per config change or per connection; a request costs a policy evaluation, a few
@@ -19,6 +20,7 @@ pub mod jwt;
 pub mod mesh_h1;
 pub mod outbound;
 pub mod pool;
+pub mod prefetch;
 pub mod record;
 pub mod upgrade;
 pub mod xfcc;

@@ -8,7 +8,6 @@
 //! retried once on a new one.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,7 +20,8 @@ use tokio::net::TcpStream;
 use warden_identity::tls::Alpn;
 
 use super::mesh_h1::PeerIdentity;
-use super::record::{CountingBody, Exchange, RecordedBody};
+use super::prefetch;
+use super::record::{Exchange, RecordedBody, access_log_enabled};
 use super::{Body, UpstreamFailure, is_grpc, is_upgrade, strip_hop_by_hop, text};
 use crate::metrics::{HttpLabels, HttpSeries, Reporter};
 use crate::registry::Service;
@@ -148,12 +148,12 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         flags: "-",
         grpc: is_grpc(&parts.headers),
         series: conn.series(None),
-        request_bytes: Arc::new(AtomicU64::new(0)),
+        request_bytes: None,
         downstream: conn.peer,
         dst: conn.dst,
         upstream: None,
         detail: "".into(),
-        access_log: l7.access_log,
+        access_log: access_log_enabled(l7.access_log),
     });
     let service = match shared.registry.load().lookup(conn.dst) {
         Some(s) if s.is_mesh() => s,
@@ -190,7 +190,7 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         parts.headers.insert(header::HOST, v);
     }
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    let body = CountingBody::new(body, exchange.request_bytes.clone()).boxed();
+    let body = exchange.request_body(body);
     if upgrade {
         return upgrade_request(conn, &service, exchange, endpoint, parts, body).await;
     }
@@ -228,6 +228,7 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     match result {
         Ok(mut resp) => {
             strip_hop_by_hop(resp.headers_mut(), false);
+            let mut resp = prefetch::first_frame(resp).await;
             *resp.version_mut() = downstream_version;
             exchange.status = resp.status().as_u16();
             resp.map(|b| RecordedBody::new(b, exchange).boxed())
@@ -280,9 +281,10 @@ async fn send_h1(
                 exchange.series = conn.series(Some(&peer.0));
             }
             strip_hop_by_hop(resp.headers_mut(), false);
+            let mut resp = prefetch::first_frame(resp).await;
             *resp.version_mut() = downstream_version;
             exchange.status = resp.status().as_u16();
-            resp.map(|b| RecordedBody::new(b.boxed(), exchange).boxed())
+            resp.map(|b| RecordedBody::new(b, exchange).boxed())
         }
         Err(e) => {
             let failure = UpstreamFailure::of_client_error(&e);

@@ -83,8 +83,9 @@ pub struct Exchange {
     pub grpc: bool,
     /// The metric series of the connection.
     pub series: Arc<HttpSeries>,
-    /// Request body bytes, counted as they stream.
-    pub request_bytes: Arc<AtomicU64>,
+    /// Request body bytes, counted as they stream; `None` while no body is counted (a request
+    /// without a body costs no counter).
+    pub request_bytes: Option<Arc<AtomicU64>>,
     /// The downstream peer address.
     pub downstream: SocketAddr,
     /// The connection's original destination.
@@ -93,15 +94,46 @@ pub struct Exchange {
     pub upstream: Option<SocketAddr>,
     /// Why the request was allowed or denied (the policy explanation); empty if no policy ran.
     pub detail: Box<str>,
-    /// Write the access log line.
+    /// Write the access log line (see [`access_log_enabled`]).
     pub access_log: bool,
 }
 
+/// Whether a request's access log line would be written now: `configured` (`http.accessLog`)
+/// and the log filter lets [`ACCESS_LOG_TARGET`](crate::logging::ACCESS_LOG_TARGET) through at
+/// INFO. With the line filtered out (`--log warn`) nothing is formatted for it per request.
+/// Checked per request, so a `/logging` change applies to the next request.
+pub fn access_log_enabled(configured: bool) -> bool {
+    configured
+        && tracing::enabled!(
+            target: crate::logging::ACCESS_LOG_TARGET,
+            tracing::Level::INFO
+        )
+}
+
 impl Exchange {
+    /// The request body to forward: counted into [`Exchange::request_bytes`], except a body
+    /// that is empty from the start (a GET), which needs no counter.
+    pub fn request_body<B>(&mut self, body: B) -> super::Body
+    where
+        B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt;
+        if body.is_end_stream() {
+            return body.map_err(Into::into).boxed();
+        }
+        let counter = Arc::new(AtomicU64::new(0));
+        self.request_bytes = Some(counter.clone());
+        CountingBody::new(body, counter).boxed()
+    }
+
     /// Records the metrics and writes the access log line.
     pub fn finish(self, response_bytes: u64) {
         let duration = self.start.elapsed();
-        let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        let request_bytes = self
+            .request_bytes
+            .as_ref()
+            .map_or(0, |c| c.load(Ordering::Relaxed));
         self.series.row(self.status, self.flags, self.grpc).record(
             duration,
             request_bytes,
@@ -291,7 +323,7 @@ mod tests {
             flags: "-",
             grpc: false,
             series,
-            request_bytes: Arc::new(AtomicU64::new(3)),
+            request_bytes: Some(Arc::new(AtomicU64::new(3))),
             downstream: addr,
             dst: addr,
             upstream: None,
