@@ -88,7 +88,13 @@ async fn secure_naming_refuses_an_unexpected_server() {
     let server = mesh.provider(&id("a", "x"));
     let client = mesh.provider(&id("b", "client"));
     let expected = [id("a", "reviews"), id("a", "ratings")];
-    let (_, b) = handshake(&server, &client, &expected, Alpn::Tcp).await;
+    let (a, b) = handshake(&server, &client, &expected, Alpn::Tcp).await;
+    // Refused during the handshake: the client aborts before sending its certificate, so the
+    // impostor never completes a handshake (nothing it could forward to its app).
+    assert!(
+        a.is_err(),
+        "the unexpected server completed the handshake: secure naming ran too late"
+    );
     let err = b.unwrap_err();
     assert_eq!(
         err.to_string(),

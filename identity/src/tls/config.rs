@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use super::alpn::{Alpn, SERVER_PROTOCOLS};
 use super::credentials::{TrustBundle, WorkloadCredentials};
 use super::error::CredentialsError;
-use super::verify::{MeshClientVerifier, MeshServerVerifier, MeshVerifier};
+use super::verify::{ExpectedNames, MeshClientVerifier, MeshServerVerifier, MeshVerifier};
 use crate::spiffe::SpiffeId;
 
 /// TLS settings of the mesh.
@@ -109,6 +109,7 @@ impl SharedState {
         trust: &TrustBundle,
         provider: &CryptoProvider,
         certified: Arc<CertifiedKey>,
+        expected: Arc<ExpectedNames>,
     ) -> Result<Self, CredentialsError> {
         let verifier = Arc::new(MeshVerifier::new(
             trust,
@@ -120,7 +121,7 @@ impl SharedState {
             server_cache: ServerSessionMemoryCache::new(settings.server_session_cache),
             ticketer: Arc::new(ExpiryBoundTicketer::new()?),
             client_verifier: Arc::new(MeshClientVerifier(verifier.clone())),
-            server_verifier: Arc::new(MeshServerVerifier(verifier)),
+            server_verifier: Arc::new(MeshServerVerifier(verifier, expected)),
             cert: Arc::new(CurrentCert(ArcSwap::new(certified))),
         })
     }

@@ -16,7 +16,7 @@ use super::alpn::{Alpn, known_protocol};
 use super::config::{SharedState, TlsConfigs, TlsSettings, certified_key, crypto_provider};
 use super::credentials::WorkloadCredentials;
 use super::error::{CredentialsError, TlsError};
-use super::verify::check_secure_naming;
+use super::verify::{ExpectedNames, check_secure_naming};
 use crate::spiffe::SpiffeId;
 
 /// A client-side mesh TLS stream.
@@ -36,6 +36,9 @@ struct Inner {
     resumption: Mutex<Option<SharedState>>,
     /// Bumped on every install or clear.
     generation: watch::Sender<u64>,
+    /// The identities each client connection's server name stands for (secure naming inside
+    /// the handshake).
+    expected: Arc<ExpectedNames>,
 }
 
 /// The workload's TLS configurations, cheap to clone and to read per connection (one atomic
@@ -69,6 +72,7 @@ impl TlsProvider {
                 refusing_server,
                 resumption: Mutex::new(None),
                 generation: watch::Sender::new(0),
+                expected: Arc::new(ExpectedNames::default()),
             }),
         })
     }
@@ -106,6 +110,7 @@ impl TlsProvider {
                     creds.trust(),
                     &self.inner.crypto,
                     certified,
+                    self.inner.expected.clone(),
                 )?,
                 None,
             ),
@@ -177,8 +182,13 @@ impl TlsProvider {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        self.connect_to(stream, session_key(expected), expected, alpn)
-            .await
+        let name = session_key(expected);
+        if let ServerName::DnsName(dns) = &name {
+            // The verifier checks secure naming during the handshake (refusing an impostor
+            // before our certificate is sent); `connect_to` checks it again after.
+            self.inner.expected.register(dns.as_ref(), expected);
+        }
+        self.connect_to(stream, name, expected, alpn).await
     }
 
     /// Like [`connect`](Self::connect) with an explicit server name: the session-cache key, and

@@ -3,10 +3,14 @@
 //! Both sides check the peer's chain with webpki against the mesh roots (with the CRLs), its
 //! validity now, its extended key usage, that it carries exactly one URI SAN that is a valid
 //! SPIFFE ID, and that the ID's trust domain is allowed. There is no DNS name in mesh mTLS, so
-//! the client does no hostname check; it does **secure naming** instead: right after the
-//! handshake the server's SPIFFE ID is checked against the identities expected for that
-//! destination ([`check_secure_naming`]). That keeps one `ClientConfig` shared by every
-//! connection (linkerd's approach): the verifier checks what does not depend on the destination.
+//! the client does no hostname check; it does **secure naming** instead: the server's SPIFFE ID
+//! must be one of the identities expected for that destination ([`check_secure_naming`]). One
+//! `ClientConfig` is shared by every connection; the destination's identities reach the
+//! verifier through the connection's server name, a hash of them registered in
+//! [`ExpectedNames`], so a wrong server is refused **during** the handshake, before the client
+//! sends its certificate, and the impostor never sees a completed handshake (as Envoy's SAN
+//! match). The same check runs again right after the handshake (resumed sessions, names that
+//! were not registered).
 //!
 //! What a leaf says about itself (URI SANs, validity, EKU, serial) is parsed once per distinct
 //! certificate and kept in a small cache keyed by the certificate's SHA-256 ([`LeafCache`]): the
@@ -395,25 +399,61 @@ impl ClientCertVerifier for MeshClientVerifier {
     }
 }
 
-/// The client side: verifies the server's chain and SPIFFE ID; the destination's expected
-/// identities are checked after the handshake ([`check_secure_naming`]). The server name is not
-/// used (mesh certificates carry no DNS name).
+/// The identities a client connection expects, by the server name it connects with (a hash of
+/// the identities: see `provider::session_key`). Bounded: emptied when full (a name missing
+/// here is still checked right after the handshake).
+#[derive(Debug, Default)]
+pub(crate) struct ExpectedNames {
+    names: Mutex<HashMap<String, Arc<[SpiffeId]>>>,
+}
+
+impl ExpectedNames {
+    const CAPACITY: usize = 4096;
+
+    /// Connections to `name` expect one of `ids`.
+    pub(crate) fn register(&self, name: &str, ids: &[SpiffeId]) {
+        let mut map = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(name) {
+            return;
+        }
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(name.to_owned(), ids.into());
+    }
+
+    fn get(&self, name: &ServerName<'_>) -> Option<Arc<[SpiffeId]>> {
+        let ServerName::DnsName(dns) = name else {
+            return None;
+        };
+        let map = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(dns.as_ref()).cloned()
+    }
+}
+
+/// The client side: verifies the server's chain and SPIFFE ID, and secure naming when the
+/// server name is one of [`ExpectedNames`] (mesh certificates carry no DNS name, so the name is
+/// not matched against the certificate).
 #[derive(Debug)]
-pub(crate) struct MeshServerVerifier(pub(crate) Arc<MeshVerifier>);
+pub(crate) struct MeshServerVerifier(pub(crate) Arc<MeshVerifier>, pub(crate) Arc<ExpectedNames>);
 
 impl ServerCertVerifier for MeshServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.0
+        let peer = self
+            .0
             .verify(end_entity, intermediates, now, Purpose::ServerAuth)
-            .map(|_| ServerCertVerified::assertion())
-            .map_err(PeerCertError::into_rustls)
+            .map_err(PeerCertError::into_rustls)?;
+        if let Some(expected) = self.1.get(server_name) {
+            check_secure_naming(&peer, &expected).map_err(PeerCertError::into_rustls)?;
+        }
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
