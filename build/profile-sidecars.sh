@@ -20,9 +20,9 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 python3 "$ROOT/build/profile-upstream.py" 127.0.78.3 8080 & PIDS+=($!)
 start() { # start WRAP...: both sidecars, optionally under a wrapper
-  TOKIO_WORKER_THREADS=2 "$@" "$BIN" --log warn sidecar -c "$W/cfg/server/sidecar.yaml" \
+  "$@" "$BIN" --log warn sidecar --concurrency 2 -c "$W/cfg/server/sidecar.yaml" \
     --static-original-dst 127.0.78.2:15006=127.0.78.3:8080 > "$W/server.log" 2>&1 & SRV=$!
-  TOKIO_WORKER_THREADS=2 "$@" "$BIN" --log warn sidecar -c "$W/cfg/client/sidecar.yaml" \
+  "$@" "$BIN" --log warn sidecar --concurrency 2 -c "$W/cfg/client/sidecar.yaml" \
     --static-original-dst 127.0.78.1:15001=127.0.78.10:8080 > "$W/client.log" 2>&1 & CLI=$!
   PIDS+=("$SRV" "$CLI")
   for _ in $(seq 1 120); do
