@@ -242,8 +242,11 @@ fn run_worker(
     stop: oneshot::Receiver<()>,
 ) {
     INDEX.with(|i| i.set(index));
+    // I/O and timers only: signals and child processes are the control runtime's business,
+    // and their driver would otherwise be polled on every wake-up of a worker.
     let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
+        .enable_time()
         .build()
     {
         Ok(rt) => rt,

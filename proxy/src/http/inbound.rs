@@ -129,24 +129,8 @@ pub async fn serve<S>(
         declared_h2,
         series,
     });
-    let drain = shared.drain.clone();
-    let builder = shared.config.limits.http_server_builder();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&conn, req).await) }
-    });
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(served);
-    // On drain: finish the requests in flight, then close (HTTP/1 `Connection: close`,
-    // HTTP/2 GOAWAY) instead of holding an idle keep-alive connection until the deadline.
-    let result = tokio::select! {
-        r = served.as_mut() => r,
-        _ = drain.signaled() => {
-            served.as_mut().graceful_shutdown();
-            served.await
-        }
-    };
-    if let Err(e) = result {
+    let handle = |conn: Arc<Conn>, req| async move { handle(&conn, req).await };
+    if let Err(e) = super::serve_connection(&shared, io, conn, handle).await {
         tracing::debug!(%peer, error = %e, "inbound HTTP connection ended with an error");
     }
 }

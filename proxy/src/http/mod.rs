@@ -3,8 +3,9 @@
 //!
 //! - [`inbound`]: per-request JWT (RequestAuthentication), CUSTOM ext_authz, AuthorizationPolicy,
 //!   `X-Forwarded-Client-Cert`, then the app over a keep-alive pool from 127.0.0.6;
-//! - [`outbound`]: requests from the app to a mesh HTTP service, over one pooled HTTP/2 mTLS
-//!   connection per peer sidecar ([`pool`]), secure naming against the service's identities;
+//! - [`outbound`]: requests from the app to a mesh HTTP service, over pooled mTLS connections
+//!   to the peer sidecar (HTTP/1.1 keep-alive: [`mesh_h1`]; HTTP/2: [`pool`]), secure naming
+//!   against the service's identities;
 //! - [`ext_authz`]: the Envoy `envoyExtAuthzHttp` client; [`xfcc`]: the XFCC header;
 //!   [`jwt`]: the compiled JWT rules per policy generation; [`record`]: per-request metrics
 //!   and the access log line, written when the response body ends; [`prefetch`]: small
@@ -43,6 +44,44 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The body type of requests and responses the proxy forwards or makes.
 pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Serves one downstream HTTP connection (HTTP/1.1 with upgrades, or HTTP/2) with the
+/// configured limits, answering each request with `handle(conn, request)`, until it closes.
+/// On drain the requests in flight finish, then the connection closes (HTTP/1 `Connection:
+/// close`, HTTP/2 GOAWAY) instead of idling until the drain deadline.
+pub(crate) async fn serve_connection<IO, C, F, Fut>(
+    shared: &crate::state::Shared,
+    io: IO,
+    conn: std::sync::Arc<C>,
+    handle: F,
+) -> Result<(), BoxError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    C: Send + Sync + 'static,
+    F: Fn(std::sync::Arc<C>, http::Request<hyper::body::Incoming>) -> Fut
+        + Send
+        + Sync
+        + Clone
+        + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let drain = shared.drain.clone();
+    let builder = shared.config.limits.http_server_builder();
+    let svc = hyper::service::service_fn(move |req| {
+        let fut = handle(conn.clone(), req);
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    });
+    let served = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::pin!(served);
+    tokio::select! {
+        biased;
+        r = served.as_mut() => r,
+        _ = drain.signaled() => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    }
+}
 
 /// Envoy's body when the upstream cannot be reached or resets before the response headers.
 pub const UPSTREAM_CONNECT_ERROR: &str =

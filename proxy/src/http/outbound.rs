@@ -88,22 +88,8 @@ pub async fn serve(
         unknown: Arc::from("unknown"),
         series: Mutex::new(Vec::new()),
     });
-    let drain = shared.drain.clone();
-    let builder = shared.config.limits.http_server_builder();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&conn, req).await) }
-    });
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(client), svc);
-    tokio::pin!(served);
-    let result = tokio::select! {
-        r = served.as_mut() => r,
-        _ = drain.signaled() => {
-            served.as_mut().graceful_shutdown();
-            served.await
-        }
-    };
-    if let Err(e) = result {
+    let handle = |conn: Arc<Conn>, req| async move { handle(&conn, req).await };
+    if let Err(e) = super::serve_connection(&shared, client, conn, handle).await {
         tracing::debug!(%peer, %dst, error = %e, "outbound HTTP connection ended with an error");
     }
 }
