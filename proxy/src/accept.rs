@@ -127,9 +127,10 @@ where
                     }
                     backoff = MIN_BACKOFF;
                     let Some(slot) = limit.try_acquire() else {
-                        // Closed at once: the client sees a reset/EOF, existing ones go on.
-                        drop(stream);
+                        // Counted, then closed at once: the client sees a reset/EOF (and, once
+                        // it has, the counter), existing ones go on.
                         let total = counters.overflow(kind);
+                        drop(stream);
                         overflow_unlogged += 1;
                         if overflow_logged.is_none_or(|t| t.elapsed() >= OVERFLOW_LOG_EVERY) {
                             tracing::warn!(
