@@ -39,11 +39,6 @@ pub fn bind_shared(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Another socket on `addr` (which must have been bound by [`bind_shared`]).
-fn bind_sibling(addr: SocketAddr) -> io::Result<TcpListener> {
-    bind_shared(addr)
-}
-
 fn reuseport_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -116,7 +111,8 @@ impl Socket {
     fn listen(self) -> io::Result<TcpListener> {
         match self {
             Socket::Given(l) => TcpListener::from_std(l),
-            Socket::Sibling(addr) => bind_sibling(addr),
+            // Another socket on the address [`bind_shared`] bound first.
+            Socket::Sibling(addr) => bind_shared(addr),
         }
     }
 }
@@ -153,6 +149,7 @@ impl Workers {
                 Some((o, i)) => (Socket::Given(o), Socket::Given(i)),
                 None => (Socket::Sibling(out_addr), Socket::Sibling(in_addr)),
             };
+            let addrs = [out_addr, in_addr];
             let (ready_tx, ready_rx) = oneshot::channel();
             let (closed_tx, closed_rx) = oneshot::channel();
             let (stop_tx, stop_rx) = oneshot::channel();
@@ -162,7 +159,14 @@ impl Workers {
                 .name(format!("warden-worker-{index}"))
                 .spawn(move || {
                     run_worker(
-                        index, shared, limits, out, inb, ready_tx, closed_tx, stop_rx,
+                        index,
+                        shared,
+                        limits,
+                        [out, inb],
+                        addrs,
+                        ready_tx,
+                        closed_tx,
+                        stop_rx,
                     )
                 })
                 .map_err(|source| WorkerError::Start { index, source })?;
@@ -235,8 +239,8 @@ fn run_worker(
     index: usize,
     shared: Arc<Shared>,
     limits: Arc<[ConnectionLimit; 2]>,
-    out: Socket,
-    inb: Socket,
+    [out, inb]: [Socket; 2],
+    [out_addr, in_addr]: [SocketAddr; 2],
     ready: oneshot::Sender<Result<(), WorkerError>>,
     closed: oneshot::Sender<()>,
     stop: oneshot::Receiver<()>,
@@ -264,8 +268,6 @@ fn run_worker(
                 source,
             })
         };
-        let out_addr = socket_addr(&out);
-        let in_addr = socket_addr(&inb);
         let listeners = bind(out, "outbound", out_addr)
             .and_then(|o| bind(inb, "inbound", in_addr).map(|i| (o, i)));
         let (out, inb) = match listeners {
@@ -312,13 +314,4 @@ fn run_worker(
     });
     // Dropping the runtime cancels what is left (pooled upstream connections, upgrades).
     drop(runtime);
-}
-
-fn socket_addr(s: &Socket) -> SocketAddr {
-    match s {
-        Socket::Given(l) => l
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
-        Socket::Sibling(a) => *a,
-    }
 }

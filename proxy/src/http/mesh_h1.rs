@@ -24,6 +24,8 @@ use warden_identity::SpiffeId;
 use warden_identity::tls::{Alpn, ClientTlsStream, TlsProvider};
 
 use super::Body;
+use crate::metrics::Reporter;
+use crate::state::Shared;
 
 /// The peer sidecar's verified SPIFFE ID, found in the extensions of every response that came
 /// over a mesh connection.
@@ -200,20 +202,22 @@ impl MeshH1 {
     }
 
     /// The calling worker's client for peers that must present one of `identities`
-    /// (connections made through `tls`; `on_handshake` runs after each mTLS handshake).
-    pub fn client(
-        &self,
-        tls: &TlsProvider,
-        identities: &[SpiffeId],
-        on_handshake: impl Fn() + Send + Sync + 'static,
-    ) -> MeshClient {
+    /// (connections made with `shared`'s TLS; each handshake counted in its metrics).
+    pub fn client(&self, shared: &Arc<Shared>, identities: &[SpiffeId]) -> MeshClient {
         let shard = &self.per_worker[crate::worker::index() % self.per_worker.len()];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(identities) {
             return c.clone();
         }
+        // Weak: the clients live in `shared` itself.
+        let weak = Arc::downgrade(shared);
+        let on_handshake = move || {
+            if let Some(s) = weak.upgrade() {
+                s.metrics.tls_handshake(Reporter::Source);
+            }
+        };
         let connector = MeshConnector {
-            tls: tls.clone(),
+            tls: shared.tls.clone(),
             identities: identities.into(),
             connect_timeout: self.connect_timeout,
             on_handshake: Arc::new(on_handshake),

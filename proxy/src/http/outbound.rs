@@ -238,16 +238,11 @@ async fn send_h1(
     mut parts: http::request::Parts,
     body: Body,
 ) -> Response<Body> {
-    let shared = &conn.shared;
-    let weak = Arc::downgrade(shared);
-    let client = shared
+    let client = conn
+        .shared
         .l7
         .mesh_h1
-        .client(&shared.tls, service.identities(), move || {
-            if let Some(s) = weak.upgrade() {
-                s.metrics.tls_handshake(Reporter::Source);
-            }
-        });
+        .client(&conn.shared, service.identities());
     // The pool is keyed by the endpoint in the URI; the request line carries the path only
     // and `Host` the original authority (set above).
     parts.uri = match Uri::builder()
