@@ -145,6 +145,10 @@ pub fn client_hello_alpns(buf: &[u8]) -> Result<Vec<Vec<u8>>, bool> {
             let mut out = Vec::new();
             while !l.0.is_empty() {
                 let n = usize::from(l.u8().ok_or(false)?);
+                // RFC 7301: a protocol name is 1 to 255 bytes; an empty one is malformed.
+                if n == 0 {
+                    return Err(false);
+                }
                 out.push(l.take(n).ok_or(false)?.to_vec());
             }
             return Ok(out);
@@ -249,6 +253,18 @@ mod tests {
         );
         assert_eq!(client_hello_alpns(&h[..20]), Err(true));
         assert_eq!(client_hello_alpns(b"GET / HTTP/1.1\r\n"), Err(false));
+    }
+
+    #[test]
+    fn an_empty_alpn_entry_is_malformed() {
+        // The fuzzer's find: a hello whose ALPN list holds a zero-length protocol name.
+        let crash: &[u8] = &[
+            22, 22, 9, 0, 72, 1, 0, 0, 0, 28, 28, 228, 218, 28, 60, 28, 28, 28, 28, 28, 28, 1, 0,
+            0, 0, 28, 12, 28, 28, 68, 28, 28, 28, 28, 28, 20, 28, 28, 28, 80, 65, 0, 0, 0, 0, 0, 0,
+            0, 28, 0, 16, 0, 4, 0, 1, 0, 0, 171, 80, 82, 73, 0, 0, 61, 0, 0, 0, 28, 28, 0, 1, 0, 0,
+            0, 0, 0, 9, 30,
+        ];
+        assert_eq!(client_hello_alpns(crash), Err(false));
     }
 
     #[test]
