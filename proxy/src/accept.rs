@@ -107,6 +107,17 @@ where
     };
     let counters = &shared.metrics.limits;
     let drain = shared.drain.clone();
+    // Runs `handler` for an admitted connection, tracked by the drain, holding its slot.
+    let serve = |conns: &mut JoinSet<()>, stream: TcpStream, peer: SocketAddr, slot: Slot| {
+        let _ = stream.set_nodelay(true);
+        let guard = drain.track();
+        let fut = handler(shared.clone(), stream, peer, local);
+        conns.spawn(async move {
+            fut.await;
+            drop(guard);
+            drop(slot);
+        });
+    };
     let mut backoff = MIN_BACKOFF;
     let mut failing_since: Option<(Instant, u64)> = None;
     let mut overflow_logged: Option<Instant> = None;
@@ -144,14 +155,7 @@ where
                         }
                         continue;
                     };
-                    let _ = stream.set_nodelay(true);
-                    let guard = drain.track();
-                    let fut = handler(shared.clone(), stream, peer, local);
-                    conns.spawn(async move {
-                        fut.await;
-                        drop(guard);
-                        drop(slot);
-                    });
+                    serve(&mut conns, stream, peer, slot);
                 }
                 Err(e) => {
                     counters.accept_error(kind);
@@ -191,14 +195,7 @@ where
         let Some(slot) = limit.try_acquire() else {
             break;
         };
-        let _ = stream.set_nodelay(true);
-        let guard = drain.track();
-        let fut = handler(shared.clone(), stream, peer, local);
-        conns.spawn(async move {
-            fut.await;
-            drop(guard);
-            drop(slot);
-        });
+        serve(&mut conns, stream, peer, slot);
     }
     drop(listener);
     conns

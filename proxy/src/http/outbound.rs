@@ -212,13 +212,7 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         }
     };
     match result {
-        Ok(mut resp) => {
-            strip_hop_by_hop(resp.headers_mut(), false);
-            let mut resp = prefetch::first_frame(resp).await;
-            *resp.version_mut() = downstream_version;
-            exchange.status = resp.status().as_u16();
-            resp.map(|b| RecordedBody::new(b, exchange).boxed())
-        }
+        Ok(resp) => forward(resp, downstream_version, exchange).await,
         Err(e) => {
             let failure = UpstreamFailure::of_hyper(&e);
             tracing::info!(dst = %conn.dst, %endpoint, error = %e, "outbound HTTP: request to the peer failed");
@@ -226,6 +220,20 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
             local(exchange, failure.response(), failure.flag())
         }
     }
+}
+
+/// The peer sidecar's response, on its way to the app: hop-by-hop headers dropped, small
+/// bodies prefetched, the app's HTTP version, recorded when its body ends.
+async fn forward(
+    mut resp: Response<Incoming>,
+    downstream_version: Version,
+    mut exchange: Box<Exchange>,
+) -> Response<Body> {
+    strip_hop_by_hop(resp.headers_mut(), false);
+    let mut resp = prefetch::first_frame(resp).await;
+    *resp.version_mut() = downstream_version;
+    exchange.status = resp.status().as_u16();
+    resp.map(|b| RecordedBody::new(b, exchange).boxed())
 }
 
 /// An HTTP/1.x request: HTTP/1.1 to the peer sidecar over a pooled mTLS connection of the
@@ -257,15 +265,11 @@ async fn send_h1(
     let downstream_version = parts.version;
     parts.version = Version::HTTP_11;
     match client.request(Request::from_parts(parts, body)).await {
-        Ok(mut resp) => {
+        Ok(resp) => {
             if let Some(peer) = resp.extensions().get::<PeerIdentity>() {
                 exchange.series = conn.series(Some(&peer.0));
             }
-            strip_hop_by_hop(resp.headers_mut(), false);
-            let mut resp = prefetch::first_frame(resp).await;
-            *resp.version_mut() = downstream_version;
-            exchange.status = resp.status().as_u16();
-            resp.map(|b| RecordedBody::new(b, exchange).boxed())
+            forward(resp, downstream_version, exchange).await
         }
         Err(e) => {
             let failure = UpstreamFailure::of_client_error(&e);
