@@ -75,11 +75,30 @@ async fn mutual_tls_succeeds_with_pq_key_exchange_and_alpn() {
             conn.negotiated_key_exchange_group().map(|g| g.name()),
             Some(rustls::NamedGroup::X25519MLKEM768)
         );
+        // AES-128-GCM, as Envoy's BoringSSL, Go and OpenSSL clients prefer.
+        assert_eq!(
+            conn.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
         assert_eq!(peer_identity(ss.get_ref().1), Some(cid.clone()));
     }
-    // The provider offers X25519MLKEM768 first.
+    // The provider offers X25519MLKEM768 first, and TLS 1.3 suites before TLS 1.2 ones.
     let p = warden_identity::tls::crypto_provider();
     assert_eq!(p.kx_groups[0].name(), rustls::NamedGroup::X25519MLKEM768);
+    let suites: Vec<_> = p.cipher_suites.iter().map(|s| s.suite()).collect();
+    assert_eq!(
+        &suites[..3],
+        &[
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        ]
+    );
+    assert!(
+        suites[3..]
+            .iter()
+            .all(|s| !format!("{s:?}").starts_with("TLS13"))
+    );
 }
 
 #[tokio::test]

@@ -61,9 +61,44 @@ impl TlsSettings {
 }
 
 /// The crypto provider every Warden TLS config uses: aws-lc-rs, with its key exchange groups
-/// in the order that puts X25519MLKEM768 first (the `prefer-post-quantum` feature of rustls).
+/// in the order that puts X25519MLKEM768 first (the `prefer-post-quantum` feature of rustls),
+/// and AES-128-GCM as the preferred TLS 1.3 cipher suite.
+///
+/// rustls lists AES-256-GCM first; BoringSSL (Envoy, so Istio's sidecars), Go and OpenSSL's
+/// TLS 1.3 clients prefer AES-128-GCM on CPUs with AES instructions. Both are TLS 1.3's
+/// 128-bit-security AEADs for this purpose, and AES-128 runs 10 rounds to AES-256's 14: about a
+/// third less CPU per byte on the bulk path, where encryption is the largest single cost.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    // TLS 1.3's AES-GCM record protection from ring where it is the faster of the two: its
+    // AES-GCM uses VAES with AVX2 (the BoringSSL code Envoy runs), which aws-lc only has for
+    // AVX-512; on such a CPU it seals and opens records about twice as fast. The suites are
+    // the same on the wire; key exchange, signatures and certificate checks stay aws-lc-rs.
+    if ring_aes_gcm_is_faster() {
+        for s in p.cipher_suites.iter_mut() {
+            match s.suite() {
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => {
+                    *s = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+                }
+                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => {
+                    *s = rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384
+                }
+                _ => {}
+            }
+        }
+    }
+    // A stable sort: TLS 1.3 suites stay ahead of TLS 1.2 ones, and within each version only
+    // AES-128-GCM moves to the front.
+    p.cipher_suites.sort_by_key(|s| {
+        use rustls::CipherSuite as C;
+        let aes128 = matches!(
+            s.suite(),
+            C::TLS13_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        );
+        (s.tls13().is_none(), !aes128)
+    });
     // Make the order explicit rather than trusting a cargo feature: the hybrid PQ group first.
     p.kx_groups.sort_by_key(|g| {
         if g.name() == rustls::NamedGroup::X25519MLKEM768 {
@@ -73,6 +108,22 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
         }
     });
     Arc::new(p)
+}
+
+/// Whether ring's AES-GCM beats aws-lc's on this CPU: VAES and VPCLMULQDQ with AVX2 but no
+/// AVX-512 (where aws-lc has its own VAES code).
+fn ring_aes_gcm_is_faster() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("vaes")
+            && std::arch::is_x86_feature_detected!("vpclmulqdq")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && !std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// What a workload's TLS configs share, and when it is replaced.
