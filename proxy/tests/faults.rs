@@ -4,288 +4,16 @@
 //! sidecar-level security properties: a foreign root or trust domain is never accepted,
 //! inbound or outbound.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
-use warden_identity::tls::{TlsProvider, TlsSettings};
-use warden_identity::{CaOptions, CertificateAuthority, KeyAlgorithm, SpiffeId, TrustDomain};
-use warden_proxy::orig_dst::StaticOriginalDst;
-use warden_proxy::server::{DrainOutcome, StartError};
-use warden_proxy::{Listeners, Shared, SidecarConfig};
-
-const NS: &str = "test";
-const APP_PORT: u16 = 7000;
-
-struct Mesh {
-    _dir: tempfile::TempDir,
-    ca: CertificateAuthority,
-}
-
-impl Mesh {
-    fn new() -> Self {
-        Self::with_options(CaOptions::default())
-    }
-
-    fn with_options(options: CaOptions) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = CertificateAuthority::self_signed(dir.path().join("ca"), options).unwrap();
-        Self { _dir: dir, ca }
-    }
-
-    /// A leaf for `id`: (chain PEM, key PEM).
-    fn issue(&self, id: &SpiffeId) -> (String, String) {
-        let key = KeyAlgorithm::EcdsaP256.generate().unwrap();
-        let csr = warden_identity::keys::csr_pem(&key, id).unwrap();
-        let cert = self.ca.sign_csr(&csr, id, 3600).unwrap();
-        (cert.chain_pem.concat(), key.serialize_pem())
-    }
-
-    /// Writes cert-chain.pem, key.pem, root-cert.pem for `ns/sa` into `dir`.
-    fn write_certs(&self, dir: &Path, sa: &str) {
-        let id = SpiffeId::istio(&TrustDomain::default(), NS, sa).unwrap();
-        let key = KeyAlgorithm::EcdsaP256.generate().unwrap();
-        let csr = warden_identity::keys::csr_pem(&key, &id).unwrap();
-        let cert = self.ca.sign_csr(&csr, &id, 3600).unwrap();
-        std::fs::create_dir_all(dir).unwrap();
-        // Key first: the watcher reacts to the chain.
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        std::fs::write(dir.join("root-cert.pem"), self.ca.root_bundle_pem()).unwrap();
-        std::fs::write(dir.join("cert-chain.pem"), cert.chain_pem.concat()).unwrap();
-    }
-}
-
-fn ip(test: u8, pod: u8) -> IpAddr {
-    format!("127.0.{test}.{pod}").parse().unwrap()
-}
-
-struct Pod {
-    shared: Arc<Shared>,
-    _task: JoinHandle<Result<DrainOutcome, StartError>>,
-    ip: IpAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Pod {
-    fn outbound(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, 15001)
-    }
-    fn inbound(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, 15006)
-    }
-    fn certs_dir(&self) -> PathBuf {
-        self._dir.path().join("certs")
-    }
-    fn metrics(&self) -> String {
-        self.shared.metrics.render()
-    }
-    async fn wait_ready(&self) {
-        for _ in 0..500 {
-            if self.shared.readiness().is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("pod {} never ready: {:?}", self.ip, self.shared.readiness());
-    }
-}
-
-struct PodSpec<'a> {
-    test: u8,
-    pod: u8,
-    sa: &'a str,
-    extra_yaml: &'a str,
-    config: &'a [(&'a str, String)],
-    /// Outbound listener -> this destination.
-    outbound_to: Option<SocketAddr>,
-    /// Whether certificates are written before start.
-    certs: bool,
-    /// `inbound.tcpPorts`, comma-separated.
-    tcp_ports: &'a str,
-    /// Inbound listener -> this destination (default: the pod's app port).
-    inbound_to: Option<SocketAddr>,
-    connect_timeout: &'a str,
-    handshake_timeout: &'a str,
-}
-
-impl<'a> PodSpec<'a> {
-    fn new(test: u8, pod: u8, sa: &'a str) -> Self {
-        Self {
-            test,
-            pod,
-            sa,
-            extra_yaml: "",
-            config: &[],
-            outbound_to: None,
-            certs: true,
-            tcp_ports: "",
-            inbound_to: None,
-            connect_timeout: "2s",
-            handshake_timeout: "10s",
-        }
-    }
-}
-
-async fn start_pod(mesh: &Mesh, spec: PodSpec<'_>) -> Pod {
-    let ip = ip(spec.test, spec.pod);
-    let app_ip = ip_app(spec.test, spec.pod);
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let config = dir.path().join("config");
-    std::fs::create_dir_all(&certs).unwrap();
-    std::fs::create_dir_all(&config).unwrap();
-    if spec.certs {
-        mesh.write_certs(&certs, spec.sa);
-    }
-    for (name, text) in spec.config {
-        std::fs::write(config.join(name), text).unwrap();
-    }
-    let yaml = format!(
-        "identity: {{namespace: {NS}, serviceAccount: {sa}, podName: {sa}-pod, labels: {{app: {sa}}}}}\n\
-         certificates: {{staticDir: {certs}}}\n\
-         config: {{directory: {config}}}\n\
-         reloadInterval: 50ms\n\
-         bindAddress: {ip}\n\
-         adminAddress: {ip}\n\
-         connectTimeout: {connect_timeout}\n\
-         drainDeadline: 5s\n\
-         inbound: {{appHost: {app_ip}, tcpPorts: [{tcp_ports}], handshakeTimeout: {handshake_timeout}}}\n{extra}",
-        connect_timeout = spec.connect_timeout,
-        handshake_timeout = spec.handshake_timeout,
-        sa = spec.sa,
-        certs = certs.display(),
-        config = config.display(),
-        extra = spec.extra_yaml,
-        tcp_ports = spec.tcp_ports,
-    );
-    let cfg =
-        SidecarConfig::from_parts(Some((Path::new("sidecar.yaml"), &yaml)), &|_| None).unwrap();
-    let mut orig = StaticOriginalDst::new().with(
-        SocketAddr::new(ip, 15006),
-        spec.inbound_to.unwrap_or(SocketAddr::new(ip, APP_PORT)),
-    );
-    if let Some(to) = spec.outbound_to {
-        orig = orig.with(SocketAddr::new(ip, 15001), to);
-    }
-    let tls = TlsProvider::new(TlsSettings::default()).unwrap();
-    let shared = Arc::new(Shared::new(cfg, tls, Arc::new(orig), None));
-    let listeners = Listeners::bind(&shared).await.unwrap();
-    let task = tokio::spawn(warden_proxy::run(shared.clone(), listeners));
-    Pod {
-        shared,
-        _task: task,
-        ip,
-        _dir: dir,
-    }
-}
-
-/// The app of a pod listens on 127.0.<test>.<100 + pod>.
-fn ip_app(test: u8, pod: u8) -> IpAddr {
-    ip(test, 100 + pod)
-}
-
-/// A ServiceEntry: `vip:7000` is backed by `sa` at `endpoint_ip:15006` (its sidecar's inbound).
-fn service_entry(name: &str, vip: IpAddr, endpoint_ip: IpAddr, sa: &str) -> String {
-    service_entry_port(name, vip, endpoint_ip, sa, "tcp")
-}
-
-fn service_entry_port(
-    name: &str,
-    vip: IpAddr,
-    endpoint_ip: IpAddr,
-    sa: &str,
-    port_name: &str,
-) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {NS}}}\n\
-         spec:\n  hosts: [{name}.{NS}.svc.cluster.local]\n  location: MESH_INTERNAL\n  addresses: [{vip}]\n  ports: [{{number: {APP_PORT}, name: {port_name}}}]\n\
-         \x20 endpoints: [{{address: {endpoint_ip}, serviceAccount: {sa}, ports: {{{port_name}: 15006}}}}]\n"
-    )
-}
-
-fn peer_authn(mode: &str) -> String {
-    format!(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: {NS}}}\nspec: {{mtls: {{mode: {mode}}}}}\n"
-    )
-}
-
-/// An echo app (optionally sending a banner first, as a server-first protocol does). Counts
-/// accepted connections; replies to EOF with EOF (half-close).
-async fn echo_app(addr: SocketAddr, banner: Option<&'static [u8]>) -> Arc<AtomicUsize> {
-    let listener = TcpListener::bind(addr).await.unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if let Some(b) = banner {
-                    s.write_all(b).await.unwrap();
-                }
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    accepted
-}
-
-/// Sends `data`, half-closes, reads everything back.
-async fn round_trip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect(addr).await?;
-    let (mut r, mut w) = s.split();
-    let write = async {
-        w.write_all(data).await?;
-        w.shutdown().await
-    };
-    let mut out = Vec::new();
-    let read = r.read_to_end(&mut out);
-    let (wr, rr) =
-        tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(write, read) })
-            .await
-            .expect("round trip timed out");
-    // A refused connection may fail the write (reset) or just end: what was read decides.
-    let _ = wr;
-    rr?;
-    Ok(out)
-}
-
-fn payload(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i % 251) as u8).collect()
-}
-
-fn metric_line<'a>(text: &'a str, name: &str, must_contain: &[&str]) -> Option<&'a str> {
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) && must_contain.iter().all(|m| l.contains(m)))
-}
-
-fn metric_value(line: &str) -> u64 {
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-/// Client pod A (sa `a`) and server pod B (sa `b`) with `b_config` in B's config directory.
-async fn two_pods(mesh: &Mesh, test: u8, b_config: &[(&str, String)]) -> (Pod, Pod) {
-    let vip = ip(test, 200);
-    let b_ip = ip(test, 2);
-    let a_cfg = [("services.yaml", service_entry("echo", vip, b_ip, "b"))];
-    let mut a = PodSpec::new(test, 1, "a");
-    a.config = &a_cfg;
-    a.outbound_to = Some(SocketAddr::new(vip, APP_PORT));
-    let a = start_pod(mesh, a).await;
-    let mut b = PodSpec::new(test, 2, "b");
-    b.config = b_config;
-    let b = start_pod(mesh, b).await;
-    a.wait_ready().await;
-    b.wait_ready().await;
-    (a, b)
-}
+use warden_identity::{CaOptions, SpiffeId, TrustDomain};
 
 /// An HTTP app (hyper) that reads the whole request body and answers `<method> <path> <body
 /// length>` with 200.
@@ -362,7 +90,7 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Dura
 async fn passthrough_pod(mesh: &Mesh, test: u8, to: SocketAddr, extra: &str) -> Pod {
     let mut spec = PodSpec::new(test, 1, "a");
     spec.outbound_to = Some(to);
-    spec.extra_yaml = extra;
+    spec.extra_yaml = extra.into();
     spec.connect_timeout = "500ms";
     let pod = start_pod(mesh, spec).await;
     pod.wait_ready().await;
@@ -535,8 +263,8 @@ async fn a_peer_stalling_mid_handshake_is_freed_by_the_handshake_timeout() {
     let mesh = Mesh::new();
     let mut spec = PodSpec::new(155, 2, "b");
     let pa = [("pa.yaml", peer_authn("STRICT"))];
-    spec.config = &pa;
-    spec.handshake_timeout = "500ms";
+    spec.config = pa.into();
+    spec.handshake_timeout = Some("500ms");
     let b = start_pod(&mesh, spec).await;
     b.wait_ready().await;
     let accepted = echo_app(SocketAddr::new(ip_app(155, 2), APP_PORT), None).await;
@@ -557,7 +285,7 @@ async fn a_peer_stalling_mid_handshake_is_freed_by_the_handshake_timeout() {
 async fn slowloris_is_closed_by_the_request_headers_timeout_while_others_are_served() {
     let mesh = Mesh::new();
     let mut spec = PodSpec::new(156, 2, "b");
-    spec.extra_yaml = "limits: {requestHeadersTimeout: 1s}\n";
+    spec.extra_yaml = "limits: {requestHeadersTimeout: 1s}\n".into();
     let b = start_pod(&mesh, spec).await;
     b.wait_ready().await;
     http_app(SocketAddr::new(ip_app(156, 2), APP_PORT)).await;
@@ -678,7 +406,7 @@ async fn over_the_connection_limit_new_connections_are_refused_existing_go_on() 
 async fn header_count_and_size_limits_answer_431() {
     let mesh = Mesh::new();
     let mut spec = PodSpec::new(159, 2, "b");
-    spec.extra_yaml = "limits: {maxRequestHeadersCount: 10, maxRequestHeadersBytes: 8192}\n";
+    spec.extra_yaml = "limits: {maxRequestHeadersCount: 10, maxRequestHeadersBytes: 8192}\n".into();
     let b = start_pod(&mesh, spec).await;
     b.wait_ready().await;
     http_app(SocketAddr::new(ip_app(159, 2), APP_PORT)).await;
@@ -810,7 +538,7 @@ async fn security_inbound_never_accepts_a_foreign_root_or_trust_domain() {
     let foreign = Mesh::new();
     let mut spec = PodSpec::new(160, 2, "b");
     let pa = [("pa.yaml", peer_authn("STRICT"))];
-    spec.config = &pa;
+    spec.config = pa.into();
     let b = start_pod(&mesh, spec).await;
     b.wait_ready().await;
     let accepted = echo_app(SocketAddr::new(ip_app(160, 2), APP_PORT), None).await;
@@ -851,9 +579,12 @@ async fn security_outbound_never_accepts_a_server_from_a_foreign_root() {
     let mesh = Mesh::new();
     let foreign = Mesh::new();
     let vip = ip(161, 200);
-    let a_cfg = [("services.yaml", service_entry("echo", vip, ip(161, 2), "b"))];
+    let a_cfg = [(
+        "services.yaml",
+        service_entry("echo", vip, ip(161, 2), "b", "tcp"),
+    )];
     let mut a = PodSpec::new(161, 1, "a");
-    a.config = &a_cfg;
+    a.config = a_cfg.into();
     a.outbound_to = Some(SocketAddr::new(vip, APP_PORT));
     let a = start_pod(&mesh, a).await;
     // B has the right name from a foreign root, and trusts both roots (so it would accept A).
@@ -899,7 +630,7 @@ async fn security_outbound_never_accepts_a_server_from_a_foreign_root() {
 async fn keep_alive_idle_up_to_the_request_headers_timeout_then_closed_cleanly() {
     let mesh = Mesh::new();
     let mut spec = PodSpec::new(162, 2, "b");
-    spec.extra_yaml = "limits: {requestHeadersTimeout: 1s}\n";
+    spec.extra_yaml = "limits: {requestHeadersTimeout: 1s}\n".into();
     let b = start_pod(&mesh, spec).await;
     b.wait_ready().await;
     http_app(SocketAddr::new(ip_app(162, 2), APP_PORT)).await;

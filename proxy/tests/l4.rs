@@ -4,282 +4,15 @@
 //! `StaticOriginalDst` (no iptables), certificates come from a real mesh CA through the static
 //! cert directory, and policy and the registry are Istio YAML in the config directory.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
-use warden_identity::tls::{TlsProvider, TlsSettings};
-use warden_identity::{CaOptions, CertificateAuthority, KeyAlgorithm, SpiffeId, TrustDomain};
-use warden_proxy::orig_dst::StaticOriginalDst;
-use warden_proxy::server::{DrainOutcome, StartError};
-use warden_proxy::{Listeners, Shared, SidecarConfig};
-
-const NS: &str = "test";
-const APP_PORT: u16 = 7000;
-
-struct Mesh {
-    _dir: tempfile::TempDir,
-    ca: CertificateAuthority,
-}
-
-impl Mesh {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca =
-            CertificateAuthority::self_signed(dir.path().join("ca"), CaOptions::default()).unwrap();
-        Self { _dir: dir, ca }
-    }
-
-    /// Writes cert-chain.pem, key.pem, root-cert.pem for `ns/sa` into `dir`.
-    fn write_certs(&self, dir: &Path, sa: &str) {
-        let id = SpiffeId::istio(&TrustDomain::default(), NS, sa).unwrap();
-        let key = KeyAlgorithm::EcdsaP256.generate().unwrap();
-        let csr = warden_identity::keys::csr_pem(&key, &id).unwrap();
-        let cert = self.ca.sign_csr(&csr, &id, 3600).unwrap();
-        std::fs::create_dir_all(dir).unwrap();
-        // Key first: the watcher reacts to the chain.
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        std::fs::write(dir.join("root-cert.pem"), self.ca.root_bundle_pem()).unwrap();
-        std::fs::write(dir.join("cert-chain.pem"), cert.chain_pem.concat()).unwrap();
-    }
-}
-
-fn ip(test: u8, pod: u8) -> IpAddr {
-    format!("127.0.{test}.{pod}").parse().unwrap()
-}
-
-struct Pod {
-    shared: Arc<Shared>,
-    task: JoinHandle<Result<DrainOutcome, StartError>>,
-    ip: IpAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Pod {
-    fn outbound(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, 15001)
-    }
-    fn inbound(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, 15006)
-    }
-    fn config_dir(&self) -> PathBuf {
-        self.dir.path().join("config")
-    }
-    fn metrics(&self) -> String {
-        self.shared.metrics.render()
-    }
-    async fn wait_ready(&self) {
-        for _ in 0..500 {
-            if self.shared.readiness().is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("pod {} never ready: {:?}", self.ip, self.shared.readiness());
-    }
-    /// Writes a config file and waits until the sidecar loaded a newer generation.
-    async fn write_config(&self, name: &str, yaml: &str) {
-        let before = self.shared.policy.load().as_ref().map(|p| p.generation);
-        std::fs::write(self.config_dir().join(name), yaml).unwrap();
-        for _ in 0..500 {
-            let now = self.shared.policy.load().as_ref().map(|p| p.generation);
-            if now != before {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("config {name} never reloaded");
-    }
-}
-
-struct PodSpec<'a> {
-    test: u8,
-    pod: u8,
-    sa: &'a str,
-    extra_yaml: &'a str,
-    config: &'a [(&'a str, String)],
-    /// Outbound listener -> this destination.
-    outbound_to: Option<SocketAddr>,
-    /// Whether certificates are written before start.
-    certs: bool,
-    /// `inbound.tcpPorts`, comma-separated.
-    tcp_ports: &'a str,
-    /// Inbound listener -> this destination (default: the pod's app port).
-    inbound_to: Option<SocketAddr>,
-}
-
-impl<'a> PodSpec<'a> {
-    fn new(test: u8, pod: u8, sa: &'a str) -> Self {
-        Self {
-            test,
-            pod,
-            sa,
-            extra_yaml: "",
-            config: &[],
-            outbound_to: None,
-            certs: true,
-            tcp_ports: "",
-            inbound_to: None,
-        }
-    }
-}
-
-async fn start_pod(mesh: &Mesh, spec: PodSpec<'_>) -> Pod {
-    let ip = ip(spec.test, spec.pod);
-    let app_ip = ip_app(spec.test, spec.pod);
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let config = dir.path().join("config");
-    std::fs::create_dir_all(&certs).unwrap();
-    std::fs::create_dir_all(&config).unwrap();
-    if spec.certs {
-        mesh.write_certs(&certs, spec.sa);
-    }
-    for (name, text) in spec.config {
-        std::fs::write(config.join(name), text).unwrap();
-    }
-    let yaml = format!(
-        "identity: {{namespace: {NS}, serviceAccount: {sa}, podName: {sa}-pod, labels: {{app: {sa}}}}}\n\
-         certificates: {{staticDir: {certs}}}\n\
-         config: {{directory: {config}}}\n\
-         reloadInterval: 50ms\n\
-         bindAddress: {ip}\n\
-         adminAddress: {ip}\n\
-         connectTimeout: 2s\n\
-         drainDeadline: 5s\n\
-         inbound: {{appHost: {app_ip}, tcpPorts: [{tcp_ports}]}}\n{extra}",
-        sa = spec.sa,
-        certs = certs.display(),
-        config = config.display(),
-        extra = spec.extra_yaml,
-        tcp_ports = spec.tcp_ports,
-    );
-    let cfg =
-        SidecarConfig::from_parts(Some((Path::new("sidecar.yaml"), &yaml)), &|_| None).unwrap();
-    let inbound_dst = spec.inbound_to.unwrap_or(SocketAddr::new(ip, APP_PORT));
-    let mut orig = StaticOriginalDst::new().with(SocketAddr::new(ip, 15006), inbound_dst);
-    if let Some(to) = spec.outbound_to {
-        orig = orig.with(SocketAddr::new(ip, 15001), to);
-    }
-    let tls = TlsProvider::new(TlsSettings::default()).unwrap();
-    let shared = Arc::new(Shared::new(cfg, tls, Arc::new(orig), None));
-    let listeners = Listeners::bind(&shared).await.unwrap();
-    let task = tokio::spawn(warden_proxy::run(shared.clone(), listeners));
-    Pod {
-        shared,
-        task,
-        ip,
-        dir,
-    }
-}
-
-/// The app of a pod listens on 127.0.<test>.<100 + pod>.
-fn ip_app(test: u8, pod: u8) -> IpAddr {
-    ip(test, 100 + pod)
-}
-
-/// A ServiceEntry: `vip:7000` is backed by `sa` at `endpoint_ip:15006` (its sidecar's inbound).
-fn service_entry(name: &str, vip: IpAddr, endpoint_ip: IpAddr, sa: &str) -> String {
-    service_entry_port(name, vip, endpoint_ip, sa, "tcp")
-}
-
-fn service_entry_port(
-    name: &str,
-    vip: IpAddr,
-    endpoint_ip: IpAddr,
-    sa: &str,
-    port_name: &str,
-) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {NS}}}\n\
-         spec:\n  hosts: [{name}.{NS}.svc.cluster.local]\n  addresses: [{vip}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: {APP_PORT}, name: {port_name}}}]\n\
-         \x20 endpoints: [{{address: {endpoint_ip}, serviceAccount: {sa}, ports: {{{port_name}: 15006}}}}]\n"
-    )
-}
-
-fn peer_authn(mode: &str) -> String {
-    format!(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: {NS}}}\nspec: {{mtls: {{mode: {mode}}}}}\n"
-    )
-}
-
-/// An echo app (optionally sending a banner first, as a server-first protocol does). Counts
-/// accepted connections; replies to EOF with EOF (half-close).
-async fn echo_app(addr: SocketAddr, banner: Option<&'static [u8]>) -> Arc<AtomicUsize> {
-    let listener = TcpListener::bind(addr).await.unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if let Some(b) = banner {
-                    s.write_all(b).await.unwrap();
-                }
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    accepted
-}
-
-/// Sends `data`, half-closes, reads everything back.
-async fn round_trip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect(addr).await?;
-    let (mut r, mut w) = s.split();
-    let write = async {
-        w.write_all(data).await?;
-        w.shutdown().await
-    };
-    let mut out = Vec::new();
-    let read = r.read_to_end(&mut out);
-    let (wr, rr) =
-        tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(write, read) })
-            .await
-            .expect("round trip timed out");
-    // A refused connection may fail the write (reset) or just end: what was read decides.
-    let _ = wr;
-    rr?;
-    Ok(out)
-}
-
-fn payload(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i % 251) as u8).collect()
-}
-
-fn metric_line<'a>(text: &'a str, name: &str, must_contain: &[&str]) -> Option<&'a str> {
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) && must_contain.iter().all(|m| l.contains(m)))
-}
-
-fn metric_value(line: &str) -> u64 {
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-/// Client pod A (sa `a`) and server pod B (sa `b`) with `b_config` in B's config directory.
-async fn two_pods(mesh: &Mesh, test: u8, b_config: &[(&str, String)]) -> (Pod, Pod) {
-    let vip = ip(test, 200);
-    let b_ip = ip(test, 2);
-    let a_cfg = [("services.yaml", service_entry("echo", vip, b_ip, "b"))];
-    let mut a = PodSpec::new(test, 1, "a");
-    a.config = &a_cfg;
-    a.outbound_to = Some(SocketAddr::new(vip, APP_PORT));
-    let a = start_pod(mesh, a).await;
-    let mut b = PodSpec::new(test, 2, "b");
-    b.config = b_config;
-    let b = start_pod(mesh, b).await;
-    a.wait_ready().await;
-    b.wait_ready().await;
-    (a, b)
-}
 
 #[tokio::test]
 async fn tcp_echo_through_the_mesh_with_metrics() {
@@ -334,7 +67,7 @@ async fn server_first_protocol_plaintext_on_a_declared_tcp_port() {
     // the banner without sending anything first.
     let cfg = [("pa.yaml", peer_authn("PERMISSIVE"))];
     let mut spec = PodSpec::new(13, 2, "b");
-    spec.config = &cfg;
+    spec.config = cfg.into();
     spec.tcp_ports = "7000";
     let b = start_pod(&mesh, spec).await;
     b.wait_ready().await;
@@ -482,10 +215,10 @@ async fn tcp_authorization_allows_by_principal_and_denies_others() {
     let vip = ip(test, 200);
     let c_cfg = [(
         "services.yaml",
-        service_entry("echo", vip, ip(test, 2), "b"),
+        service_entry("echo", vip, ip(test, 2), "b", "tcp"),
     )];
     let mut c = PodSpec::new(test, 3, "c");
-    c.config = &c_cfg;
+    c.config = c_cfg.into();
     c.outbound_to = Some(SocketAddr::new(vip, APP_PORT));
     let c = start_pod(&mesh, c).await;
     c.wait_ready().await;
@@ -528,10 +261,10 @@ async fn wrong_server_identity_is_refused_by_secure_naming() {
     let vip = ip(test, 200);
     let a_cfg = [(
         "services.yaml",
-        service_entry("echo", vip, ip(test, 3), "b"),
+        service_entry("echo", vip, ip(test, 3), "b", "tcp"),
     )];
     let mut a = PodSpec::new(test, 1, "a");
-    a.config = &a_cfg;
+    a.config = a_cfg.into();
     a.outbound_to = Some(SocketAddr::new(vip, APP_PORT));
     let a = start_pod(&mesh, a).await;
     let c = start_pod(&mesh, PodSpec::new(test, 3, "c")).await;
@@ -598,7 +331,7 @@ async fn readiness_waits_for_certificates() {
         body.contains("cert-chain.pem"),
         "the reason names the missing file: {body}"
     );
-    mesh.write_certs(&pod.dir.path().join("certs"), "a");
+    mesh.write_certs(&pod.certs_dir(), "a");
     pod.wait_ready().await;
     let (status, _) = http_get(health, "/healthz/ready").await;
     assert_eq!(status, 200);
@@ -709,7 +442,7 @@ async fn inbound_to_a_proxy_port_is_refused() {
     let mesh = Mesh::new();
     let cfg = [("pa.yaml", peer_authn("PERMISSIVE"))];
     let mut spec = PodSpec::new(28, 2, "b");
-    spec.config = &cfg;
+    spec.config = cfg.into();
     // Destined to the pod's admin port: forwarding would reach appHost:15000.
     spec.inbound_to = Some(SocketAddr::new(ip(28, 2), 15000));
     let b = start_pod(&mesh, spec).await;
@@ -737,7 +470,7 @@ async fn unknown_destinations_follow_the_outbound_traffic_policy() {
 
     let mut spec = PodSpec::new(test, 2, "b");
     spec.outbound_to = Some(external);
-    spec.extra_yaml = "outboundTrafficPolicy: REGISTRY_ONLY\n";
+    spec.extra_yaml = "outboundTrafficPolicy: REGISTRY_ONLY\n".into();
     let b = start_pod(&mesh, spec).await;
     b.wait_ready().await;
     let back = round_trip(b.outbound(), b"out").await.unwrap_or_default();
@@ -799,8 +532,8 @@ async fn config_and_cert_changes_keep_established_connections() {
     // New certificates for both sidecars.
     let before = b.shared.tls.current().unwrap().not_after();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    mesh.write_certs(&b.dir.path().join("certs"), "b");
-    mesh.write_certs(&a.dir.path().join("certs"), "a");
+    mesh.write_certs(&b.certs_dir(), "b");
+    mesh.write_certs(&a.certs_dir(), "a");
     for _ in 0..200 {
         if b.shared.tls.current().unwrap().not_after() != before {
             break;
@@ -819,7 +552,7 @@ async fn config_and_cert_changes_keep_established_connections() {
     assert_eq!(&buf, b"two");
     assert_eq!(round_trip(a.outbound(), b"new").await.unwrap(), b"new");
     // A certificate for another identity is refused and the current one stays.
-    mesh.write_certs(&b.dir.path().join("certs"), "mallory");
+    mesh.write_certs(&b.certs_dir(), "mallory");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         b.shared.tls.current().unwrap().identity().as_str(),
@@ -883,10 +616,10 @@ async fn http_per_request_authorization_through_mtls_and_plaintext() {
     );
     let a_cfg = [(
         "services.yaml",
-        service_entry_port("web", vip, ip(test, 2), "b", "http"),
+        service_entry("web", vip, ip(test, 2), "b", "http"),
     )];
     let mut a = PodSpec::new(test, 1, "a");
-    a.config = &a_cfg;
+    a.config = a_cfg.into();
     a.outbound_to = Some(SocketAddr::new(vip, APP_PORT));
     let a = start_pod(&mesh, a).await;
     let b_cfg = [
@@ -894,7 +627,7 @@ async fn http_per_request_authorization_through_mtls_and_plaintext() {
         ("authz.yaml", deny_admin),
     ];
     let mut b = PodSpec::new(test, 2, "b");
-    b.config = &b_cfg;
+    b.config = b_cfg.into();
     let b = start_pod(&mesh, b).await;
     a.wait_ready().await;
     b.wait_ready().await;
@@ -923,7 +656,7 @@ async fn http_app_down_is_503() {
     let mesh = Mesh::new();
     let cfg = [("pa.yaml", peer_authn("PERMISSIVE"))];
     let mut b = PodSpec::new(27, 2, "b");
-    b.config = &cfg;
+    b.config = cfg.into();
     let b = start_pod(&mesh, b).await;
     b.wait_ready().await;
     let (code, body) = curl(&format!("http://{}/x", b.inbound())).await;
@@ -935,7 +668,7 @@ async fn drain_closes_idle_http_keep_alive_connections() {
     let mesh = Mesh::new();
     let cfg = [("pa.yaml", peer_authn("PERMISSIVE"))];
     let mut spec = PodSpec::new(29, 2, "b");
-    spec.config = &cfg;
+    spec.config = cfg.into();
     let b = start_pod(&mesh, spec).await;
     b.wait_ready().await;
     http_app(SocketAddr::new(ip_app(29, 2), APP_PORT)).await;

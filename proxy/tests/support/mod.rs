@@ -1,13 +1,17 @@
 //! Test harness for in-process sidecars on loopback: a mesh CA, pods with their own loopback
 //! address (127.0.<test>.<pod>), apps on 127.0.<test>.<100 + pod>, original destinations given
 //! by `StaticOriginalDst`, policy and the registry as Istio YAML in each pod's config directory.
+//! Also the plain TCP pieces the L4 and fault tests share: an echo app, a round trip, a payload.
 #![allow(dead_code)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use warden_identity::tls::{TlsProvider, TlsSettings};
 use warden_identity::{CaOptions, CertificateAuthority, KeyAlgorithm, SpiffeId, TrustDomain};
@@ -25,22 +29,32 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn new() -> Self {
+        Self::with_options(CaOptions::default())
+    }
+
+    pub fn with_options(options: CaOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ca =
-            CertificateAuthority::self_signed(dir.path().join("ca"), CaOptions::default()).unwrap();
+        let ca = CertificateAuthority::self_signed(dir.path().join("ca"), options).unwrap();
         Self { _dir: dir, ca }
+    }
+
+    /// A leaf for `id`: (chain PEM, key PEM).
+    pub fn issue(&self, id: &SpiffeId) -> (String, String) {
+        let key = KeyAlgorithm::EcdsaP256.generate().unwrap();
+        let csr = warden_identity::keys::csr_pem(&key, id).unwrap();
+        let cert = self.ca.sign_csr(&csr, id, 3600).unwrap();
+        (cert.chain_pem.concat(), key.serialize_pem())
     }
 
     /// Writes cert-chain.pem, key.pem, root-cert.pem for `ns/sa` into `dir`.
     pub fn write_certs(&self, dir: &Path, sa: &str) {
         let id = SpiffeId::istio(&TrustDomain::default(), NS, sa).unwrap();
-        let key = KeyAlgorithm::EcdsaP256.generate().unwrap();
-        let csr = warden_identity::keys::csr_pem(&key, &id).unwrap();
-        let cert = self.ca.sign_csr(&csr, &id, 3600).unwrap();
+        let (chain, key) = self.issue(&id);
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        // Key first: the watcher reacts to the chain.
+        std::fs::write(dir.join("key.pem"), key).unwrap();
         std::fs::write(dir.join("root-cert.pem"), self.ca.root_bundle_pem()).unwrap();
-        std::fs::write(dir.join("cert-chain.pem"), cert.chain_pem.concat()).unwrap();
+        std::fs::write(dir.join("cert-chain.pem"), chain).unwrap();
     }
 }
 
@@ -79,8 +93,11 @@ impl Pod {
     pub fn config_dir(&self) -> PathBuf {
         self.dir.path().join("config")
     }
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
     pub fn cert_chain(&self) -> PathBuf {
-        self.dir.path().join("certs").join("cert-chain.pem")
+        self.certs_dir().join("cert-chain.pem")
     }
     pub fn metrics(&self) -> String {
         self.shared.metrics.render()
@@ -120,6 +137,16 @@ pub struct PodSpec<'a> {
     pub config: Vec<(&'a str, String)>,
     /// Outbound listener -> this destination.
     pub outbound_to: Option<SocketAddr>,
+    /// Inbound listener -> this destination (default: the pod's app port).
+    pub inbound_to: Option<SocketAddr>,
+    /// Whether certificates are written before start.
+    pub certs: bool,
+    /// `inbound.tcpPorts`, comma-separated (default: none).
+    pub tcp_ports: &'a str,
+    /// `connectTimeout`.
+    pub connect_timeout: &'a str,
+    /// `inbound.handshakeTimeout` (default: the sidecar's own).
+    pub handshake_timeout: Option<&'a str>,
 }
 
 impl<'a> PodSpec<'a> {
@@ -131,6 +158,11 @@ impl<'a> PodSpec<'a> {
             extra_yaml: String::new(),
             config: Vec::new(),
             outbound_to: None,
+            inbound_to: None,
+            certs: true,
+            tcp_ports: "",
+            connect_timeout: "2s",
+            handshake_timeout: None,
         }
     }
 }
@@ -143,9 +175,18 @@ pub async fn start_pod(mesh: &Mesh, spec: PodSpec<'_>) -> Pod {
     let config = dir.path().join("config");
     std::fs::create_dir_all(&certs).unwrap();
     std::fs::create_dir_all(&config).unwrap();
-    mesh.write_certs(&certs, spec.sa);
+    if spec.certs {
+        mesh.write_certs(&certs, spec.sa);
+    }
     for (name, text) in &spec.config {
         std::fs::write(config.join(name), text).unwrap();
+    }
+    let mut inbound = format!("appHost: {app_ip}");
+    if !spec.tcp_ports.is_empty() {
+        inbound.push_str(&format!(", tcpPorts: [{}]", spec.tcp_ports));
+    }
+    if let Some(timeout) = spec.handshake_timeout {
+        inbound.push_str(&format!(", handshakeTimeout: {timeout}"));
     }
     let yaml = format!(
         "identity: {{namespace: {NS}, serviceAccount: {sa}, podName: {sa}-pod, labels: {{app: {sa}}}}}\n\
@@ -154,18 +195,19 @@ pub async fn start_pod(mesh: &Mesh, spec: PodSpec<'_>) -> Pod {
          reloadInterval: 50ms\n\
          bindAddress: {ip}\n\
          adminAddress: {ip}\n\
-         connectTimeout: 2s\n\
+         connectTimeout: {connect_timeout}\n\
          drainDeadline: 5s\n\
-         inbound: {{appHost: {app_ip}}}\n{extra}",
+         inbound: {{{inbound}}}\n{extra}",
         sa = spec.sa,
+        connect_timeout = spec.connect_timeout,
         certs = certs.display(),
         config = config.display(),
         extra = spec.extra_yaml,
     );
     let cfg =
         SidecarConfig::from_parts(Some((Path::new("sidecar.yaml"), &yaml)), &|_| None).unwrap();
-    let mut orig =
-        StaticOriginalDst::new().with(SocketAddr::new(ip, 15006), SocketAddr::new(ip, APP_PORT));
+    let inbound_dst = spec.inbound_to.unwrap_or(SocketAddr::new(ip, APP_PORT));
+    let mut orig = StaticOriginalDst::new().with(SocketAddr::new(ip, 15006), inbound_dst);
     if let Some(to) = spec.outbound_to {
         orig = orig.with(SocketAddr::new(ip, 15001), to);
     }
@@ -217,6 +259,26 @@ pub fn metric_line<'a>(text: &'a str, name: &str, must_contain: &[&str]) -> Opti
 
 pub fn metric_value(line: &str) -> u64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Client pod A (sa `a`, outbound to the VIP of service `echo`, port name `tcp`) and server
+/// pod B (sa `b`) with `b_config` in B's config directory.
+pub async fn two_pods(mesh: &Mesh, test: u8, b_config: &[(&str, String)]) -> (Pod, Pod) {
+    let vip = ip(test, 200);
+    let b_ip = ip(test, 2);
+    let mut a = PodSpec::new(test, 1, "a");
+    a.config = vec![(
+        "services.yaml",
+        service_entry("echo", vip, b_ip, "b", "tcp"),
+    )];
+    a.outbound_to = Some(SocketAddr::new(vip, APP_PORT));
+    let a = start_pod(mesh, a).await;
+    let mut b = PodSpec::new(test, 2, "b");
+    b.config = b_config.to_vec();
+    let b = start_pod(mesh, b).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    (a, b)
 }
 
 /// Client pod A (sa `a`, outbound to the service VIP) and server pod B (sa `b_sa`), with the
@@ -274,4 +336,52 @@ pub fn have(tool: &str) -> bool {
         println!("skipped: {tool} is not installed");
     }
     ok
+}
+
+/// An echo app (optionally sending a banner first, as a server-first protocol does). Counts
+/// accepted connections; replies to EOF with EOF (half-close).
+pub async fn echo_app(addr: SocketAddr, banner: Option<&'static [u8]>) -> Arc<AtomicUsize> {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Some(b) = banner {
+                    s.write_all(b).await.unwrap();
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    accepted
+}
+
+/// Sends `data`, half-closes, reads everything back.
+pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await?;
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(data).await?;
+        w.shutdown().await
+    };
+    let mut out = Vec::new();
+    let read = r.read_to_end(&mut out);
+    let (wr, rr) =
+        tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(write, read) })
+            .await
+            .expect("round trip timed out");
+    // A refused connection may fail the write (reset) or just end: what was read decides.
+    let _ = wr;
+    rr?;
+    Ok(out)
+}
+
+/// `n` bytes of a pattern that does not repeat within 251 bytes.
+pub fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
 }
