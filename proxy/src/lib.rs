@@ -17,6 +17,7 @@ pub mod cert_source;
 pub mod config;
 pub mod copy;
 pub mod detect;
+pub mod dial;
 pub mod drain;
 pub mod gateway;
 pub mod http;

@@ -11,6 +11,7 @@ use warden_policy::registry::Protocol;
 
 use crate::config::OutboundTrafficPolicy;
 use crate::detect::{Detected, detect};
+use crate::dial::{DialError, Dialer};
 use crate::l4;
 use crate::metrics::{Reporter, TcpLabels};
 use crate::state::Shared;
@@ -76,41 +77,24 @@ pub async fn handle(
             let endpoint = svc.pick_endpoint(dst);
             labels.mutual_tls = true;
             labels.source_principal = id.spiffe_id().as_str().to_owned();
-            let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint))
+            let dialer = Dialer {
+                tls: &shared.tls,
+                connect_timeout,
+                handshake_timeout: shared.config.inbound.handshake_timeout,
+            };
+            let (upstream, server_id) = match dialer
+                .dial(endpoint, svc.identities(), svc.alpn())
                 .await
             {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    return upstream_failed(&shared, labels, peer, dst, &e.to_string(), start);
-                }
-                Err(_) => {
-                    return upstream_failed(&shared, labels, peer, dst, "connect timed out", start);
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let tls = tokio::time::timeout(
-                shared.config.inbound.handshake_timeout,
-                shared.tls.connect(tcp, svc.identities(), svc.alpn()),
-            )
-            .await;
-            let (upstream, server_id) = match tls {
-                Ok(Ok(v)) => {
+                Ok(v) => {
                     shared.metrics.tls_handshake(Reporter::Source);
                     v
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(%dst, %endpoint, error = %e, "outbound: mTLS to the peer failed");
+                Err(e) => {
+                    if matches!(e, DialError::Tls { .. }) {
+                        tracing::warn!(%dst, %endpoint, error = %e, "outbound: mTLS to the peer failed");
+                    }
                     return upstream_failed(&shared, labels, peer, dst, &e.to_string(), start);
-                }
-                Err(_) => {
-                    return upstream_failed(
-                        &shared,
-                        labels,
-                        peer,
-                        dst,
-                        "mTLS handshake timed out",
-                        start,
-                    );
                 }
             };
             labels.destination_principal = server_id.as_str().to_owned();

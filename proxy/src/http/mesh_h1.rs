@@ -24,6 +24,7 @@ use warden_identity::SpiffeId;
 use warden_identity::tls::{Alpn, ClientTlsStream, TlsProvider};
 
 use super::Body;
+use crate::dial::{DialError, Dialer};
 use crate::metrics::Reporter;
 use crate::state::Shared;
 
@@ -38,25 +39,9 @@ pub enum ConnectError {
     /// The URI carries no `ip:port` authority (a bug in the caller).
     #[error("no endpoint address in {0}")]
     Address(Uri),
-    /// TCP connect failed.
-    #[error("connect to {endpoint}: {source}")]
-    Connect {
-        /// The peer sidecar.
-        endpoint: SocketAddr,
-        /// Why.
-        source: io::Error,
-    },
-    /// TCP connect or the handshake took longer than the connect timeout.
-    #[error("connect to {0}: timed out")]
-    Timeout(SocketAddr),
-    /// The mTLS handshake failed (including secure naming).
-    #[error("mTLS to {endpoint}: {reason}")]
-    Tls {
-        /// The peer sidecar.
-        endpoint: SocketAddr,
-        /// Why.
-        reason: String,
-    },
+    /// TCP connect, the handshake or secure naming failed.
+    #[error(transparent)]
+    Dial(#[from] DialError),
 }
 
 /// Makes mTLS connections to peer sidecars whose certificate names one of `identities`.
@@ -84,22 +69,14 @@ impl tower_service::Service<Uri> for MeshConnector {
                 .authority()
                 .and_then(|a| a.as_str().parse().ok())
                 .ok_or_else(|| ConnectError::Address(uri.clone()))?;
-            let timeout = this.connect_timeout;
-            let tcp = tokio::time::timeout(timeout, TcpStream::connect(endpoint))
-                .await
-                .map_err(|_| ConnectError::Timeout(endpoint))?
-                .map_err(|source| ConnectError::Connect { endpoint, source })?;
-            let _ = tcp.set_nodelay(true);
-            let (tls, peer) = tokio::time::timeout(
-                timeout,
-                this.tls.connect(tcp, &this.identities, Alpn::Http11),
-            )
-            .await
-            .map_err(|_| ConnectError::Timeout(endpoint))?
-            .map_err(|e| ConnectError::Tls {
-                endpoint,
-                reason: e.to_string(),
-            })?;
+            let dialer = Dialer {
+                tls: &this.tls,
+                connect_timeout: this.connect_timeout,
+                handshake_timeout: this.connect_timeout,
+            };
+            let (tls, peer) = dialer
+                .dial(endpoint, &this.identities, Alpn::Http11)
+                .await?;
             (this.on_handshake)();
             Ok(MeshStream {
                 io: TokioIo::new(tls),

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use warden_identity::SpiffeId;
 use warden_identity::tls::{Alpn, TlsProvider};
 
 use super::Body;
+use crate::dial::Dialer;
 use crate::metrics::Reporter;
 use crate::state::Shared;
 
@@ -36,14 +36,9 @@ pub enum PoolError {
     /// TCP connect timed out.
     #[error("connect to {0}: timed out")]
     ConnectTimeout(SocketAddr),
-    /// The mTLS handshake failed (including secure naming).
-    #[error("mTLS to {endpoint}: {reason}")]
-    Tls {
-        /// The peer sidecar.
-        endpoint: SocketAddr,
-        /// Why.
-        reason: String,
-    },
+    /// TCP connect, the mTLS handshake or secure naming with a peer sidecar failed.
+    #[error(transparent)]
+    Dial(#[from] crate::dial::DialError),
     /// The HTTP/2 handshake failed.
     #[error("HTTP/2 to {endpoint}: {source}")]
     Http2 {
@@ -287,24 +282,12 @@ impl PeerPool {
         endpoint: SocketAddr,
         slot: &Arc<Slot>,
     ) -> Result<PeerConn, PoolError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
-            .await
-            .map_err(|_| PoolError::ConnectTimeout(endpoint))?
-            .map_err(|source| PoolError::Connect { endpoint, source })?;
-        let _ = tcp.set_nodelay(true);
-        let (stream, peer) = tokio::time::timeout(
-            self.connect_timeout,
-            tls.connect(tcp, &slot.identities, Alpn::Http2),
-        )
-        .await
-        .map_err(|_| PoolError::Tls {
-            endpoint,
-            reason: "handshake timed out".into(),
-        })?
-        .map_err(|e| PoolError::Tls {
-            endpoint,
-            reason: e.to_string(),
-        })?;
+        let dialer = Dialer {
+            tls,
+            connect_timeout: self.connect_timeout,
+            handshake_timeout: self.connect_timeout,
+        };
+        let (stream, peer) = dialer.dial(endpoint, &slot.identities, Alpn::Http2).await?;
         self.handshakes.fetch_add(1, Ordering::Relaxed);
         self.handshake(stream, endpoint, slot, peer.as_str().into())
             .await

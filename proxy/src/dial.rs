@@ -1,0 +1,155 @@
+//! Connecting to a peer sidecar: TCP connect, then the mTLS handshake with secure naming, each
+//! under its own deadline. One path for the L4 forwarder, the HTTP/1.1 mesh pool and the
+//! HTTP/2 peer pool, so a timeout or a refused peer reads the same in every access log.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use warden_identity::SpiffeId;
+use warden_identity::tls::{Alpn, ClientTlsStream, TlsError, TlsProvider};
+
+/// Why a connection to a peer sidecar could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// TCP connect failed.
+    #[error("connect to {endpoint}: {source}")]
+    Connect {
+        /// The peer sidecar.
+        endpoint: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TCP connect took longer than the connect timeout.
+    #[error("connect to {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    /// The mTLS handshake took longer than the handshake timeout.
+    #[error("mTLS to {0}: handshake timed out")]
+    HandshakeTimeout(SocketAddr),
+    /// The mTLS handshake failed, secure naming included.
+    #[error("mTLS to {endpoint}: {source}")]
+    Tls {
+        /// The peer sidecar.
+        endpoint: SocketAddr,
+        /// Why.
+        source: TlsError,
+    },
+}
+
+/// How to reach peers: the workload's TLS configs and the two deadlines.
+#[derive(Clone, Copy)]
+pub struct Dialer<'a> {
+    /// The workload's TLS configs.
+    pub tls: &'a TlsProvider,
+    /// Deadline of the TCP connect.
+    pub connect_timeout: Duration,
+    /// Deadline of the mTLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Dialer<'_> {
+    /// Connects to `endpoint` (with `TCP_NODELAY`) and completes an mTLS handshake offering
+    /// `alpn`, accepting the peer only if its certificate names one of `identities`. Returns
+    /// the stream and the peer's verified identity.
+    pub async fn dial(
+        &self,
+        endpoint: SocketAddr,
+        identities: &[SpiffeId],
+        alpn: Alpn,
+    ) -> Result<(ClientTlsStream<TcpStream>, SpiffeId), DialError> {
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| DialError::ConnectTimeout(endpoint))?
+            .map_err(|source| DialError::Connect { endpoint, source })?;
+        let _ = tcp.set_nodelay(true);
+        tokio::time::timeout(
+            self.handshake_timeout,
+            self.tls.connect(tcp, identities, alpn),
+        )
+        .await
+        .map_err(|_| DialError::HandshakeTimeout(endpoint))?
+        .map_err(|source| DialError::Tls { endpoint, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_identity::TrustDomain;
+    use warden_identity::tls::TlsSettings;
+
+    fn peer() -> Vec<SpiffeId> {
+        vec![SpiffeId::istio(&TrustDomain::default(), "ns", "server").unwrap()]
+    }
+
+    async fn dial(tls: &TlsProvider, endpoint: SocketAddr) -> DialError {
+        let dialer = Dialer {
+            tls,
+            connect_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_millis(100),
+        };
+        dialer.dial(endpoint, &peer(), Alpn::Tcp).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn each_failure_names_the_peer_and_the_step() {
+        let tls = TlsProvider::new(TlsSettings::default()).unwrap();
+
+        // Nothing listens: the TCP connect is refused.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let e = dial(&tls, addr).await;
+        assert!(
+            matches!(&e, DialError::Connect { endpoint, source }
+                if *endpoint == addr && source.kind() == std::io::ErrorKind::ConnectionRefused),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with(&format!("connect to {addr}: ")));
+
+        // Without credentials the client refuses to start a handshake (fail closed).
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let e = dial(&tls, addr).await;
+        assert!(
+            matches!(&e, DialError::Tls { endpoint, source: TlsError::NoCredentials } if *endpoint == addr),
+            "{e:?}"
+        );
+
+        // A peer that accepts and never answers the ClientHello: the handshake deadline.
+        let dir = tempfile::tempdir().unwrap();
+        let mesh_ca = warden_identity::CertificateAuthority::self_signed(
+            dir.path().join("ca"),
+            warden_identity::CaOptions::default(),
+        )
+        .unwrap();
+        let id = SpiffeId::istio(&TrustDomain::default(), "ns", "client").unwrap();
+        let key = warden_identity::KeyAlgorithm::EcdsaP256.generate().unwrap();
+        let csr = warden_identity::keys::csr_pem(&key, &id).unwrap();
+        let cert = mesh_ca.sign_csr(&csr, &id, 3600).unwrap();
+        let trust = warden_identity::tls::TrustBundle::from_pem(
+            TrustDomain::default(),
+            mesh_ca.root_bundle_pem().as_bytes(),
+            "root",
+        )
+        .unwrap();
+        let creds = warden_identity::tls::WorkloadCredentials::from_pem(
+            cert.chain_pem.concat().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            trust,
+            "test",
+        )
+        .unwrap();
+        tls.install(&creds).unwrap();
+        let e = dial(&tls, addr).await;
+        assert!(
+            matches!(e, DialError::HandshakeTimeout(a) if a == addr),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("mTLS to {addr}: handshake timed out")
+        );
+        drop(silent);
+    }
+}
