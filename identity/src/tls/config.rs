@@ -72,18 +72,13 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
     // TLS 1.3's AES-GCM record protection from ring where it is the faster of the two: its
     // AES-GCM uses VAES with AVX2 (the BoringSSL code Envoy runs), which aws-lc only has for
-    // AVX-512; on such a CPU it seals and opens records about twice as fast. The suites are
-    // the same on the wire; key exchange, signatures and certificate checks stay aws-lc-rs.
+    // AVX-512; on such a CPU it seals and opens records about twice as fast. Only the AEAD
+    // changes: the suites are the same on the wire, and key exchange, signatures, certificate
+    // checks, the transcript hash and the HKDF key schedule stay aws-lc-rs.
     if ring_aes_gcm_is_faster() {
         for s in p.cipher_suites.iter_mut() {
-            match s.suite() {
-                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => {
-                    *s = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
-                }
-                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => {
-                    *s = rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384
-                }
-                _ => {}
+            if let Some(with_ring) = ring_record_cipher(s.suite()) {
+                *s = with_ring;
             }
         }
     }
@@ -108,6 +103,40 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
         }
     });
     Arc::new(p)
+}
+
+/// `suite` (a TLS 1.3 AES-GCM suite) with aws-lc-rs's transcript hash and HKDF and ring's
+/// AEAD; `None` for other suites. Made once per process.
+fn ring_record_cipher(suite: rustls::CipherSuite) -> Option<rustls::SupportedCipherSuite> {
+    use rustls::crypto::{aws_lc_rs, ring};
+    use std::sync::OnceLock;
+    static AES_128: OnceLock<rustls::Tls13CipherSuite> = OnceLock::new();
+    static AES_256: OnceLock<rustls::Tls13CipherSuite> = OnceLock::new();
+    let (cell, aws, ring) = match suite {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => (
+            &AES_128,
+            aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+            ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => (
+            &AES_256,
+            aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+            ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        ),
+        _ => return None,
+    };
+    let (aws, ring) = (aws.tls13()?, ring.tls13()?);
+    let mixed = cell.get_or_init(|| rustls::Tls13CipherSuite {
+        common: rustls::crypto::CipherSuiteCommon {
+            suite: aws.common.suite,
+            hash_provider: aws.common.hash_provider,
+            confidentiality_limit: aws.common.confidentiality_limit,
+        },
+        hkdf_provider: aws.hkdf_provider,
+        aead_alg: ring.aead_alg,
+        quic: aws.quic,
+    });
+    Some(rustls::SupportedCipherSuite::Tls13(mixed))
 }
 
 /// Whether ring's AES-GCM beats aws-lc's on this CPU: VAES and VPCLMULQDQ with AVX2 but no
@@ -427,5 +456,43 @@ struct NoCert;
 impl ResolvesServerCert for NoCert {
     fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::crypto::{aws_lc_rs, ring};
+
+    #[test]
+    fn aes_gcm_suites_take_only_the_aead_from_ring_where_it_is_faster() {
+        let p = super::crypto_provider();
+        for (i, aws, ring) in [
+            (
+                0,
+                aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+                ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+            ),
+            (
+                1,
+                aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+                ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+            ),
+        ] {
+            let ours = p.cipher_suites[i].tls13().unwrap();
+            let (aws, ring) = (aws.tls13().unwrap(), ring.tls13().unwrap());
+            assert_eq!(ours.common.suite, aws.common.suite);
+            assert!(std::ptr::addr_eq(ours.hkdf_provider, aws.hkdf_provider));
+            assert!(std::ptr::addr_eq(
+                ours.common.hash_provider,
+                aws.common.hash_provider
+            ));
+            let (want, other) = if super::ring_aes_gcm_is_faster() {
+                (ring.aead_alg, aws.aead_alg)
+            } else {
+                (aws.aead_alg, ring.aead_alg)
+            };
+            assert!(std::ptr::addr_eq(ours.aead_alg, want));
+            assert!(!std::ptr::addr_eq(ours.aead_alg, other));
+        }
     }
 }
