@@ -1,21 +1,23 @@
-//! Connecting to a peer sidecar: TCP connect, then the mTLS handshake with secure naming, each
-//! under its own deadline. One path for the L4 forwarder, the HTTP/1.1 mesh pool and the
-//! HTTP/2 peer pool, so a timeout or a refused peer reads the same in every access log.
+//! Connecting out: TCP connect under a deadline (to an app from the inbound source address, or to
+//! anything else), and to a peer sidecar the mTLS handshake with secure naming after it, under
+//! its own deadline. One path for the L4 forwarders, the HTTP/1.1 mesh pool, the HTTP/2 peer
+//! pool, upgrades and the app pools, so a timeout or a refused peer reads the same in every
+//! access log.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use warden_identity::SpiffeId;
 use warden_identity::tls::{Alpn, ClientTlsStream, TlsError, TlsProvider};
 
-/// Why a connection to a peer sidecar could not be made.
+/// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     /// TCP connect failed.
     #[error("connect to {endpoint}: {source}")]
     Connect {
-        /// The peer sidecar.
+        /// The peer sidecar or app.
         endpoint: SocketAddr,
         /// Why.
         source: std::io::Error,
@@ -57,11 +59,7 @@ impl Dialer<'_> {
         identities: &[SpiffeId],
         alpn: Alpn,
     ) -> Result<(ClientTlsStream<TcpStream>, SpiffeId), DialError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
-            .await
-            .map_err(|_| DialError::ConnectTimeout(endpoint))?
-            .map_err(|source| DialError::Connect { endpoint, source })?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect(endpoint, None, self.connect_timeout).await?;
         tokio::time::timeout(
             self.handshake_timeout,
             self.tls.connect(tcp, identities, alpn),
@@ -70,6 +68,34 @@ impl Dialer<'_> {
         .map_err(|_| DialError::HandshakeTimeout(endpoint))?
         .map_err(|source| DialError::Tls { endpoint, source })
     }
+}
+
+/// TCP connect to `endpoint` within `timeout`, with `TCP_NODELAY`. From `source` when given and
+/// of the same address family (the inbound side's 127.0.0.6, so the app sees traffic from the
+/// proxy as Istio's does); when it cannot be bound, connects without it and warns.
+pub async fn connect(
+    endpoint: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, DialError> {
+    let failed = |source| DialError::Connect { endpoint, source };
+    let socket = if endpoint.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(failed)?;
+    if let Some(src) = source.filter(|s| s.is_ipv4() == endpoint.is_ipv4())
+        && let Err(e) = socket.bind(SocketAddr::new(src, 0))
+    {
+        tracing::warn!(%src, error = %e, "cannot bind the source address; connecting without it");
+    }
+    let tcp = tokio::time::timeout(timeout, socket.connect(endpoint))
+        .await
+        .map_err(|_| DialError::ConnectTimeout(endpoint))?
+        .map_err(failed)?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 #[cfg(test)]
@@ -89,6 +115,25 @@ mod tests {
             handshake_timeout: Duration::from_millis(100),
         };
         dialer.dial(endpoint, &peer(), Alpn::Tcp).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn connect_binds_the_source_of_the_same_family_only() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = Duration::from_secs(2);
+        let from = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        for (source, want) in [
+            (from("127.0.0.6"), "127.0.0.6"),
+            (None, "127.0.0.1"),
+            // Another family: not bound, connects from the default address.
+            (from("::1"), "127.0.0.1"),
+        ] {
+            let c = connect(addr, source, t).await.unwrap();
+            assert!(c.nodelay().unwrap());
+            let (_, peer) = l.accept().await.unwrap();
+            assert_eq!(peer.ip(), want.parse::<IpAddr>().unwrap(), "{source:?}");
+        }
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use warden_policy::{ConnectionContext, MtlsPolicy, NoExtAuthz, Request};
 
 use crate::detect::{Detected, detect, is_mesh_client_hello};
@@ -260,21 +260,12 @@ async fn serve<S>(
 
 /// Connects to the app from the configured source address (127.0.0.6); when that address
 /// cannot be bound (another family, or not local), connects without binding and warns.
-pub(crate) async fn connect_app(shared: &Shared, app: SocketAddr) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect_app(
+    shared: &Shared,
+    app: SocketAddr,
+) -> Result<TcpStream, crate::dial::DialError> {
     let src = shared.config.inbound.source_address;
-    let socket = if app.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if src.is_ipv4() == app.is_ipv4()
-        && let Err(e) = socket.bind(SocketAddr::new(src, 0))
-    {
-        tracing::warn!(%src, error = %e, "inbound: cannot bind the source address; connecting without it");
-    }
-    tokio::time::timeout(shared.config.connect_timeout, socket.connect(app))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    crate::dial::connect(app, Some(src), shared.config.connect_timeout).await
 }
 
 fn log_refused(

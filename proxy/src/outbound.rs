@@ -143,15 +143,10 @@ pub async fn handle(
                 );
                 return;
             }
-            let upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(dst))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
+            let upstream = match crate::dial::connect(dst, None, connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
                     return upstream_failed(&shared, labels, peer, dst, &e.to_string(), start);
-                }
-                Err(_) => {
-                    return upstream_failed(&shared, labels, peer, dst, "connect timed out", start);
                 }
             };
             let counters = shared.metrics.tcp(labels);

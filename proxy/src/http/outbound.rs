@@ -297,18 +297,15 @@ async fn upgrade_request(
     let shared = &conn.shared;
     let on_downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let connected = async {
-        let tcp = tokio::time::timeout(shared.config.connect_timeout, TcpStream::connect(endpoint))
+        let dialer = crate::dial::Dialer {
+            tls: &shared.tls,
+            connect_timeout: shared.config.connect_timeout,
+            handshake_timeout: shared.config.connect_timeout,
+        };
+        let (tls, peer) = dialer
+            .dial(endpoint, service.identities(), Alpn::Http11)
             .await
-            .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        let (tls, peer) = tokio::time::timeout(
-            shared.config.connect_timeout,
-            shared.tls.connect(tcp, service.identities(), Alpn::Http11),
-        )
-        .await
-        .map_err(|_| "mTLS handshake timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
         let (send, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| e.to_string())?;

@@ -25,18 +25,7 @@ use crate::state::Shared;
 /// Why a pooled connection could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    /// TCP connect failed.
-    #[error("connect to {endpoint}: {source}")]
-    Connect {
-        /// The peer sidecar.
-        endpoint: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// TCP connect timed out.
-    #[error("connect to {0}: timed out")]
-    ConnectTimeout(SocketAddr),
-    /// TCP connect, the mTLS handshake or secure naming with a peer sidecar failed.
+    /// TCP connect (to a peer sidecar or the app), the mTLS handshake or secure naming failed.
     #[error(transparent)]
     Dial(#[from] crate::dial::DialError),
     /// The HTTP/2 handshake failed.
@@ -219,26 +208,7 @@ impl PeerPool {
         if let Some(c) = self.ready(&slot) {
             return Ok(c.send);
         }
-        let socket = if app.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }
-        .map_err(|source| PoolError::Connect {
-            endpoint: app,
-            source,
-        })?;
-        if source.is_ipv4() == app.is_ipv4() {
-            let _ = socket.bind(SocketAddr::new(source, 0));
-        }
-        let tcp = tokio::time::timeout(self.connect_timeout, socket.connect(app))
-            .await
-            .map_err(|_| PoolError::ConnectTimeout(app))?
-            .map_err(|source| PoolError::Connect {
-                endpoint: app,
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = crate::dial::connect(app, Some(source), self.connect_timeout).await?;
         let conn = self.handshake(tcp, app, &slot, Arc::from("")).await?;
         *slot.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         slot.last_used.store(self.now_ms(), Ordering::Relaxed);
