@@ -32,6 +32,8 @@ use warden_proxy::orig_dst::StaticOriginalDst;
 use warden_proxy::server::{DrainOutcome, StartError};
 use warden_proxy::{Listeners, Shared, SidecarConfig};
 
+mod support;
+
 const NS: &str = "test";
 const APP_PORT: u16 = 7000;
 /// Bound for "eventually"; what is waited for takes milliseconds.
@@ -330,39 +332,10 @@ fn deny_from(name: &str, target_app: &str, sa: &str) -> String {
     )
 }
 
-/// An echo server: replies with what it reads, and ends when the client does.
-async fn echo_app(addr: SocketAddr) {
-    let listener = TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-}
-
-/// Sends `data`, half-closes, and returns everything read until EOF (empty when refused).
+/// Sends `data`, half-closes, and returns everything read until EOF (empty when refused or
+/// reset).
 async fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let Ok(mut s) = TcpStream::connect(addr).await else {
-        return Vec::new();
-    };
-    let (mut r, mut w) = s.split();
-    let write = async {
-        w.write_all(data).await?;
-        w.shutdown().await
-    };
-    let mut out = Vec::new();
-    let read = r.read_to_end(&mut out);
-    let _ = tokio::time::timeout(WAIT, async { tokio::join!(write, read) })
-        .await
-        .expect("round trip timed out");
-    out
+    support::round_trip(addr, data).await.unwrap_or_default()
 }
 
 /// One message over an established connection.
@@ -410,7 +383,7 @@ async fn ca_certificates_rotate_survive_a_ca_outage_and_fail_closed_on_expiry() 
     let mut control = Control::start().await;
     let t = 41;
     let vip = ip(t, 200);
-    echo_app(SocketAddr::new(ip_app(t, 2), APP_PORT)).await;
+    support::echo_app(SocketAddr::new(ip_app(t, 2), APP_PORT), None).await;
     let files = [
         ("se.yaml", service_entry("echo", vip, ip(t, 2), "b")),
         ("pa.yaml", strict()),
@@ -542,7 +515,7 @@ async fn policy_pushed_by_the_control_plane_flips_decisions_without_dropping_con
     std::fs::write(dir.join("peer-authn.yaml"), strict()).unwrap();
     control.start_push().await;
     let push = control.push.as_ref().unwrap().addr;
-    echo_app(SocketAddr::new(ip_app(t, 2), APP_PORT)).await;
+    support::echo_app(SocketAddr::new(ip_app(t, 2), APP_PORT), None).await;
     let a = start_pod(
         t,
         1,
