@@ -17,7 +17,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 /// Copy buffers given back by idle directions, kept per thread for the next busy one.
 mod pool {
@@ -206,6 +206,57 @@ impl Direction {
     }
 }
 
+impl Direction {
+    /// Like [`Self::poll_copy`] for a source that lends its buffered bytes ([`AsyncBufRead`],
+    /// like a TLS stream that decrypts in place): they are written from its buffer, and this
+    /// direction holds no buffer of its own.
+    fn poll_copy_lent<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncBufRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        if self.done {
+            return Poll::Ready(Ok(self.total));
+        }
+        while !self.read_done {
+            let data = match r.as_mut().poll_fill_buf(cx) {
+                Poll::Ready(Ok(data)) => data,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    if self.need_flush {
+                        ready!(w.as_mut().poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+            };
+            if data.is_empty() {
+                self.read_done = true;
+                break;
+            }
+            let n = ready!(w.as_mut().poll_write(cx, data))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "write zero bytes into writer",
+                )));
+            }
+            r.as_mut().consume(n);
+            self.total += n as u64;
+            self.need_flush = true;
+        }
+        ready!(w.as_mut().poll_flush(cx))?;
+        ready!(w.as_mut().poll_shutdown(cx))?;
+        self.done = true;
+        Poll::Ready(Ok(self.total))
+    }
+}
+
 impl Drop for Direction {
     fn drop(&mut self) {
         self.release();
@@ -236,6 +287,31 @@ where
     })
     .await
 }
+
+/// Like [`copy_bidirectional_lazy`] where `a` lends its buffered bytes ([`AsyncBufRead`]):
+/// `a` to `b` is written straight from `a`'s buffer, `b` to `a` goes through a lazy buffer.
+pub async fn copy_bidirectional_lent<A, B>(
+    a: &mut A,
+    b: &mut B,
+    size: usize,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncBufRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut ab = Direction::new(size);
+    let mut ba = Direction::new(size);
+    poll_fn(|cx| {
+        let r1 = ab.poll_copy_lent(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
+        let r2 = ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        match (r1, r2) {
+            (Poll::Ready(x), Poll::Ready(y)) => Poll::Ready(Ok((x, y))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,9 +427,28 @@ mod tests {
 
     #[tokio::test]
     async fn copies_both_ways_with_half_close() {
-        let (mut c, mut p1) = tokio::io::duplex(64);
+        both_ways_with_half_close(false).await;
+    }
+
+    #[tokio::test]
+    async fn copies_both_ways_with_half_close_from_a_lending_source() {
+        both_ways_with_half_close(true).await;
+    }
+
+    /// 10,000 bytes one way, then a reply after the half-close; `lent`: the first stream lends
+    /// its buffer (a 13-byte `BufReader`), as an in-place TLS stream does.
+    async fn both_ways_with_half_close(lent: bool) {
+        let (mut c, p1) = tokio::io::duplex(64);
         let (mut p2, mut s) = tokio::io::duplex(64);
-        let proxy = tokio::spawn(async move { copy_bidirectional_lazy(&mut p1, &mut p2, 7).await });
+        let proxy = tokio::spawn(async move {
+            if lent {
+                let mut p1 = tokio::io::BufReader::with_capacity(13, p1);
+                copy_bidirectional_lent(&mut p1, &mut p2, 7).await
+            } else {
+                let mut p1 = p1;
+                copy_bidirectional_lazy(&mut p1, &mut p2, 7).await
+            }
+        });
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let d = data.clone();
         let writer = tokio::spawn(async move {

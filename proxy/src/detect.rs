@@ -188,21 +188,20 @@ pub fn is_mesh_alpn(p: &[u8]) -> bool {
     p == b"istio" || p.starts_with(b"istio-")
 }
 
-/// Peeks the ClientHello on `stream` (up to 16 KiB, within `wait`) and tells whether it comes
-/// from a mesh client (offers an `istio*` ALPN). Unparseable or late hellos count as mesh
-/// (they then go through the mTLS handshake, which decides).
-pub async fn is_mesh_client_hello(stream: &TcpStream, wait: Duration) -> bool {
+/// Peeks the ClientHello on `stream` (up to 16 KiB, within `wait`): the ALPN protocols it
+/// offers, or `None` when it cannot be read in time or parsed.
+pub async fn peek_client_hello_alpns(stream: &TcpStream, wait: Duration) -> Option<Vec<Vec<u8>>> {
     let mut buf = vec![0u8; 16 * 1024 + 5];
     let deadline = tokio::time::Instant::now() + wait;
     let mut last = 0;
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => n,
-            _ => return true,
+            _ => return None,
         };
         match client_hello_alpns(&buf[..n]) {
-            Ok(alpns) => return alpns.iter().any(|a| is_mesh_alpn(a)),
-            Err(false) => return true,
+            Ok(alpns) => return Some(alpns),
+            Err(false) => return None,
             Err(true) => {
                 if n == last {
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -213,6 +212,14 @@ pub async fn is_mesh_client_hello(stream: &TcpStream, wait: Duration) -> bool {
     }
 }
 
+/// Peeks the ClientHello on `stream` (up to 16 KiB, within `wait`) and tells whether it comes
+/// from a mesh client (offers an `istio*` ALPN). Unparseable or late hellos count as mesh
+/// (they then go through the mTLS handshake, which decides).
+pub async fn is_mesh_client_hello(stream: &TcpStream, wait: Duration) -> bool {
+    peek_client_hello_alpns(stream, wait)
+        .await
+        .is_none_or(|alpns| alpns.iter().any(|a| is_mesh_alpn(a)))
+}
 #[cfg(test)]
 mod tests {
     use super::*;

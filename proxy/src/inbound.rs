@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use warden_identity::tls::{InPlaceTls, ServerTlsStream};
 use warden_policy::{ConnectionContext, MtlsPolicy, NoExtAuthz, Request};
 
-use crate::detect::{Detected, detect, is_mesh_client_hello};
+use crate::detect::{Detected, detect, is_mesh_client_hello, peek_client_hello_alpns};
 use crate::l4;
 use crate::metrics::{Reporter, TcpLabels};
 use crate::state::Shared;
@@ -91,32 +91,62 @@ pub async fn handle(
             && detected == Detected::Tls
             && is_mesh_client_hello(&stream, settings.detect_timeout).await);
     if tls {
-        let accepted =
-            tokio::time::timeout(settings.handshake_timeout, shared.tls.accept(stream)).await;
+        // A connection that can only be L4 (the port is declared TCP, or the client offers no
+        // HTTP ALPN, so none can be negotiated) gets records decrypted in place.
+        // The handshake timeout bounds the peek at the ClientHello too.
+        let accepted = tokio::time::timeout(settings.handshake_timeout, async {
+            let in_place = shared.tls.in_place_supported()
+                && (declared_tcp
+                    || !peek_client_hello_alpns(&stream, settings.detect_timeout)
+                        .await
+                        .is_none_or(|alpns| alpns.iter().any(|a| is_http_alpn(a))));
+            if in_place {
+                let (s, id, alpn) = shared.tls.accept_in_place(stream).await?;
+                Ok((Client::InPlace(s), id, alpn))
+            } else {
+                let (s, id, alpn) = shared.tls.accept(stream).await?;
+                Ok::<_, warden_identity::tls::TlsError>((Client::Tls(s), id, alpn))
+            }
+        })
+        .await;
         match accepted {
-            Ok(Ok((tls_stream, peer_id, alpn))) => {
+            Ok(Ok((client, peer_id, alpn))) => {
                 shared.metrics.tls_handshake(Reporter::Destination);
                 let principal = peer_id.as_str().to_owned();
-                if !declared_tcp && alpn.is_some_and(is_http_alpn) {
-                    let leaf = tls_stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first());
-                    let peer_tls =
-                        crate::http::PeerTls::new(&shared, &principal, leaf.map(|c| c.as_ref()));
-                    crate::http::serve(shared.clone(), tls_stream, peer, dst, Some(peer_tls)).await;
-                } else {
-                    serve(
-                        &shared,
-                        &policy.compiled,
-                        tls_stream,
-                        peer,
-                        dst,
-                        Some(principal),
-                        start,
-                    )
-                    .await;
+                let http = !declared_tcp && alpn.is_some_and(is_http_alpn);
+                match client {
+                    Client::Tls(tls_stream) if http => {
+                        let leaf = tls_stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first());
+                        let peer_tls = crate::http::PeerTls::new(
+                            &shared,
+                            &principal,
+                            leaf.map(|c| c.as_ref()),
+                        );
+                        crate::http::serve(shared.clone(), tls_stream, peer, dst, Some(peer_tls))
+                            .await;
+                    }
+                    // The hello offered no HTTP protocol, so none can have been negotiated;
+                    // were one, L7 policy would be skipped: refuse (fail closed).
+                    Client::InPlace(_) if http => {
+                        tracing::warn!(%peer, %dst, "inbound: HTTP negotiated on an L4-only handshake; refused");
+                        log_refused(peer, Some(dst), None, Refusal::Handshake, start);
+                    }
+                    client => {
+                        serve(
+                            &shared,
+                            &policy.compiled,
+                            client,
+                            peer,
+                            dst,
+                            Some(principal),
+                            start,
+                        )
+                        .await;
+                    }
                 }
             }
             Ok(Err(e)) => {
@@ -131,7 +161,8 @@ pub async fn handle(
     } else if !declared_tcp && matches!(detected, Detected::Http1 | Detected::Http2) {
         crate::http::serve(shared.clone(), stream, peer, dst, None).await;
     } else {
-        serve(&shared, &policy.compiled, stream, peer, dst, None, start).await;
+        let client = Client::Plain(stream);
+        serve(&shared, &policy.compiled, client, peer, dst, None, start).await;
     }
 }
 
@@ -149,17 +180,28 @@ fn is_http_alpn(p: &[u8]) -> bool {
     .contains(&p)
 }
 
-async fn serve<S>(
+/// An inbound connection on the L4 path.
+// Moved once into the forwarding future, which holds the stream whichever variant it is:
+// boxing the large one would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Client {
+    /// Plaintext (PERMISSIVE or DISABLE).
+    Plain(TcpStream),
+    /// mTLS through rustls's buffered connection.
+    Tls(ServerTlsStream<TcpStream>),
+    /// mTLS with records decrypted in place.
+    InPlace(InPlaceTls<TcpStream>),
+}
+
+async fn serve(
     shared: &Shared,
     compiled: &warden_policy::CompiledPolicies,
-    client: S,
+    client: Client,
     peer: SocketAddr,
     dst: SocketAddr,
     principal: Option<String>,
     start: Instant,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let mut ctx = ConnectionContext::new(peer.ip(), dst.ip(), dst.port());
     if let Some(p) = principal.as_deref() {
         ctx = ctx.with_peer(p);
@@ -232,13 +274,12 @@ async fn serve<S>(
     };
     let counters = shared.metrics.tcp(labels);
     counters.opened();
-    let result = l4::forward(
-        client,
-        upstream,
-        counters.clone(),
-        l4::ForwardLimits::of(shared),
-    )
-    .await;
+    let limits = l4::ForwardLimits::of(shared);
+    let result = match client {
+        Client::Plain(s) => l4::forward(s, upstream, counters.clone(), limits).await,
+        Client::Tls(s) => l4::forward(s, upstream, counters.clone(), limits).await,
+        Client::InPlace(s) => l4::forward_lent(s, upstream, counters.clone(), limits).await,
+    };
     counters.closed();
     let (rx, tx) = result.as_ref().map(|r| *r).unwrap_or((0, 0));
     tracing::info!(

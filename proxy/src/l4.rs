@@ -1,6 +1,7 @@
 //! L4 forwarding: bidirectional copy with half-close, bounded buffers, an idle timeout and
 //! live byte counters.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::limits::LimitCounters;
@@ -67,6 +68,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<'_, S> {
     }
 }
 
+impl<S: AsyncBufRead + Unpin> AsyncBufRead for Activity<'_, S> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        Pin::new(&mut self.get_mut().inner).poll_fill_buf(cx)
+    }
+
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        if amt > 0 {
+            self.touch();
+        }
+        Pin::new(&mut self.inner).consume(amt);
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -111,6 +125,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     }
 }
 
+impl<S: AsyncBufRead + Unpin> AsyncBufRead for Counted<S> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        Pin::new(&mut self.get_mut().inner).poll_fill_buf(cx)
+    }
+
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        if amt > 0 {
+            self.counters.add_received(amt as u64);
+        }
+        Pin::new(&mut self.inner).consume(amt);
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -150,21 +177,67 @@ where
 {
     let base = Instant::now();
     let last = AtomicU64::new(0);
-    let mut client = Activity {
+    let (mut client, mut upstream) = wrap(client, upstream, counters, base, &last);
+    let size = limits.buffer_per_direction.max(1024);
+    let copy = crate::copy::copy_bidirectional_lazy(&mut client, &mut upstream, size);
+    idle_bounded(copy, base, &last, limits).await
+}
+
+/// [`forward`] for a client stream that lends its buffered bytes ([`AsyncBufRead`], like a TLS
+/// stream that decrypts in place): client to upstream is written straight from its buffer.
+pub async fn forward_lent<C, U>(
+    client: C,
+    upstream: U,
+    counters: Arc<TcpCounters>,
+    limits: ForwardLimits<'_>,
+) -> io::Result<(u64, u64)>
+where
+    C: AsyncBufRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let base = Instant::now();
+    let last = AtomicU64::new(0);
+    let (mut client, mut upstream) = wrap(client, upstream, counters, base, &last);
+    let size = limits.buffer_per_direction.max(1024);
+    let copy = crate::copy::copy_bidirectional_lent(&mut client, &mut upstream, size);
+    idle_bounded(copy, base, &last, limits).await
+}
+
+type Wrapped<'a, C, U> = (Activity<'a, Counted<C>>, Activity<'a, U>);
+
+fn wrap<C, U>(
+    client: C,
+    upstream: U,
+    counters: Arc<TcpCounters>,
+    base: Instant,
+    last: &AtomicU64,
+) -> Wrapped<'_, C, U> {
+    let client = Activity {
         inner: Counted {
             inner: client,
             counters,
         },
         base,
-        last: &last,
+        last,
     };
-    let mut upstream = Activity {
+    let upstream = Activity {
         inner: upstream,
         base,
-        last: &last,
+        last,
     };
-    let size = limits.buffer_per_direction.max(1024);
-    let copy = crate::copy::copy_bidirectional_lazy(&mut client, &mut upstream, size);
+    (client, upstream)
+}
+
+/// Runs `copy` until it ends, or until no byte moved for `limits.idle_timeout`.
+async fn idle_bounded<F>(
+    copy: F,
+    base: Instant,
+    last: &AtomicU64,
+    limits: ForwardLimits<'_>,
+) -> io::Result<(u64, u64)>
+where
+    F: Future<Output = io::Result<(u64, u64)>>,
+{
     tokio::pin!(copy);
     loop {
         let deadline =

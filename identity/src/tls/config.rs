@@ -341,6 +341,7 @@ impl TlsConfigs {
         server.ticketer = shared.ticketer.clone();
         server.session_storage = shared.server_cache.clone();
         server.send_tls13_tickets = settings.tls13_tickets;
+        server.enable_secret_extraction = true;
 
         let client_for = |alpn: Alpn| -> Result<Arc<ClientConfig>, CredentialsError> {
             let mut c = ClientConfig::builder_with_provider(provider.clone())

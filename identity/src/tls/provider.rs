@@ -8,6 +8,7 @@ use arc_swap::ArcSwapOption;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
+use rustls::server::UnbufferedServerConnection;
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -16,6 +17,7 @@ use super::alpn::{Alpn, known_protocol};
 use super::config::{SharedState, TlsConfigs, TlsSettings, certified_key, crypto_provider};
 use super::credentials::WorkloadCredentials;
 use super::error::{CredentialsError, TlsError};
+use super::inplace::{self, InPlaceTls};
 use super::verify::{ExpectedNames, check_secure_naming};
 use crate::spiffe::SpiffeId;
 
@@ -242,6 +244,47 @@ impl TlsProvider {
             .verifier()
             .peer_identity_checked(conn, OffsetDateTime::now_utc())?;
         let alpn = known_protocol(conn.alpn_protocol());
+        Ok((stream, peer, alpn))
+    }
+
+    /// Whether [`Self::accept_in_place`] can be used: TLS 1.3 only (TLS 1.2 disabled).
+    pub fn in_place_supported(&self) -> bool {
+        !self.inner.settings.allow_tls12
+    }
+
+    /// Like [`Self::accept`], for a connection whose plaintext is only forwarded (L4): the
+    /// handshake, certificate checks and key schedule are rustls's; the records are decrypted
+    /// in place by [`InPlaceTls`]. Fails when TLS 1.2 is enabled ([`Self::in_place_supported`]).
+    pub async fn accept_in_place<S>(
+        &self,
+        mut stream: S,
+    ) -> Result<(InPlaceTls<S>, SpiffeId, Option<&'static [u8]>), TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if !self.in_place_supported() {
+            return Err(TlsError::Handshake(rustls::Error::General(
+                "in-place records need TLS 1.3 only, and TLS 1.2 is enabled".into(),
+            )));
+        }
+        let configs = self.inner.current.load_full();
+        let server = match &configs {
+            Some(c) => c.server().clone(),
+            None => self.inner.refusing_server.clone(),
+        };
+        let conn = UnbufferedServerConnection::new(server).map_err(TlsError::from_rustls)?;
+        let result = inplace::handshake(conn, &mut stream).await;
+        let (handshake, configs) = match (result, configs) {
+            (Ok(h), Some(c)) => (h, c),
+            // The refusing config completes no handshake.
+            (_, None) => return Err(TlsError::NoCredentials),
+            (Err(e), Some(_)) => return Err(e),
+        };
+        let peer = configs
+            .verifier()
+            .peer_identity_checked(handshake.common(), OffsetDateTime::now_utc())?;
+        let alpn = known_protocol(handshake.common().alpn_protocol());
+        let stream = handshake.into_stream(stream)?;
         Ok((stream, peer, alpn))
     }
 }
