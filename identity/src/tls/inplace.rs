@@ -50,7 +50,7 @@ const MAX_PLAINTEXT: usize = 16 * 1024;
 /// Largest protected record body TLS 1.3 allows (2^14 + 256).
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// Receive buffer while data flows: several records per read, and always room for a whole one.
-const RX_BUFFER: usize = 256 * 1024;
+const RX_BUFFER: usize = 64 * 1024;
 /// Encrypted bytes queued for the socket before a write waits for them to drain.
 const TX_QUEUE: usize = 64 * 1024;
 /// Handshake bytes buffered at most (rustls caps a handshake message at 64 KiB).
