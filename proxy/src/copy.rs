@@ -275,17 +275,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut ab = Direction::new(size);
-    let mut ba = Direction::new(size);
-    poll_fn(|cx| {
-        let r1 = ab.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
-        let r2 = ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
-        match (r1, r2) {
-            (Poll::Ready(x), Poll::Ready(y)) => Poll::Ready(Ok((x, y))),
-            _ => Poll::Pending,
-        }
-    })
-    .await
+    both_ways(a, b, size, |d, cx, a, b| d.poll_copy(cx, a, b)).await
 }
 
 /// Like [`copy_bidirectional_lazy`] where `a` lends its buffered bytes ([`AsyncBufRead`]):
@@ -299,10 +289,25 @@ where
     A: AsyncBufRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    both_ways(a, b, size, |d, cx, a, b| d.poll_copy_lent(cx, a, b)).await
+}
+
+/// Runs `a_to_b` and the lazy `b` to `a` copy until both ended.
+async fn both_ways<A, B, F>(
+    a: &mut A,
+    b: &mut B,
+    size: usize,
+    mut a_to_b: F,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    F: FnMut(&mut Direction, &mut Context<'_>, Pin<&mut A>, Pin<&mut B>) -> Poll<io::Result<u64>>,
+{
     let mut ab = Direction::new(size);
     let mut ba = Direction::new(size);
     poll_fn(|cx| {
-        let r1 = ab.poll_copy_lent(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
+        let r1 = a_to_b(&mut ab, cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
         let r2 = ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
         match (r1, r2) {
             (Poll::Ready(x), Poll::Ready(y)) => Poll::Ready(Ok((x, y))),
