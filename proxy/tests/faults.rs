@@ -60,17 +60,6 @@ async fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     (status, body)
 }
 
-/// Polls `check` every 20 ms for up to 10 s.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never happened: {what}");
-}
-
 /// Reads until EOF or an error (a reset counts as closed); returns what was read and how
 /// long it took. Panics if the peer keeps the connection open for `limit`.
 async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
@@ -106,7 +95,7 @@ async fn upstream_refusing_closes_the_client_and_counts_uf() {
         .await
         .unwrap_or_default();
     assert!(back.is_empty(), "{back:?}");
-    eventually("UF counted", || {
+    eventually("UF counted", Duration::from_secs(10), || {
         metric_line(
             &a.metrics(),
             "istio_tcp_connections_closed_total",
@@ -153,7 +142,7 @@ async fn upstream_reset_mid_stream_closes_the_client_and_the_sidecars_go_on() {
     let (got, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
     assert!(got.is_empty(), "{got:?}");
     assert_eq!(round_trip(a.outbound(), b"again").await.unwrap(), b"again");
-    eventually("connections freed", || {
+    eventually("connections freed", Duration::from_secs(10), || {
         a.shared.drain.active() == 0 && b.shared.drain.active() == 0
     })
     .await;
@@ -255,7 +244,10 @@ async fn garbage_instead_of_tls_is_closed_and_never_reaches_the_app() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
     assert_eq!(round_trip(a.outbound(), b"mtls").await.unwrap(), b"mtls");
-    eventually("garbage connections freed", || b.shared.drain.active() == 0).await;
+    eventually("garbage connections freed", Duration::from_secs(10), || {
+        b.shared.drain.active() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -273,11 +265,17 @@ async fn a_peer_stalling_mid_handshake_is_freed_by_the_handshake_timeout() {
     s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01])
         .await
         .unwrap();
-    eventually("handshake in progress", || b.shared.drain.active() == 1).await;
+    eventually("handshake in progress", Duration::from_secs(10), || {
+        b.shared.drain.active() == 1
+    })
+    .await;
     let (got, took) = read_until_closed(&mut s, Duration::from_secs(10)).await;
     assert!(got.is_empty() || got[0] == 21, "{got:?}");
     assert!(took >= Duration::from_millis(300), "{took:?}");
-    eventually("stalled connection freed", || b.shared.drain.active() == 0).await;
+    eventually("stalled connection freed", Duration::from_secs(10), || {
+        b.shared.drain.active() == 0
+    })
+    .await;
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
 }
 
@@ -331,7 +329,10 @@ async fn slowloris_is_closed_by_the_request_headers_timeout_while_others_are_ser
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "closed after {took:?}"
     );
-    eventually("slowloris freed", || b.shared.drain.active() == 0).await;
+    eventually("slowloris freed", Duration::from_secs(10), || {
+        b.shared.drain.active() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -353,7 +354,10 @@ async fn client_abort_mid_body_frees_the_connection() {
             .unwrap();
         drop(s);
     }
-    eventually("aborted uploads freed", || b.shared.drain.active() == 0).await;
+    eventually("aborted uploads freed", Duration::from_secs(10), || {
+        b.shared.drain.active() == 0
+    })
+    .await;
     let body = payload(300_000);
     let mut req = format!(
         "POST /upload HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
@@ -398,7 +402,10 @@ async fn over_the_connection_limit_new_connections_are_refused_existing_go_on() 
     }
     // A slot frees when one closes.
     drop(held.pop());
-    eventually("slot freed", || a.shared.drain.active() == 2).await;
+    eventually("slot freed", Duration::from_secs(10), || {
+        a.shared.drain.active() == 2
+    })
+    .await;
     assert_eq!(round_trip(a.outbound(), b"fits").await.unwrap(), b"fits");
 }
 
@@ -613,14 +620,18 @@ async fn security_outbound_never_accepts_a_server_from_a_foreign_root() {
         .unwrap_or_default();
     assert!(back.is_empty(), "{back:?}");
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
-    eventually("UF counted on the client side", || {
-        metric_line(
-            &a.metrics(),
-            "istio_tcp_connections_closed_total",
-            &["reporter=\"source\"", "response_flags=\"UF\""],
-        )
-        .is_some()
-    })
+    eventually(
+        "UF counted on the client side",
+        Duration::from_secs(10),
+        || {
+            metric_line(
+                &a.metrics(),
+                "istio_tcp_connections_closed_total",
+                &["reporter=\"source\"", "response_flags=\"UF\""],
+            )
+            .is_some()
+        },
+    )
     .await;
 }
 
@@ -651,8 +662,10 @@ async fn keep_alive_idle_up_to_the_request_headers_timeout_then_closed_cleanly()
     let (got, took) = read_until_closed(&mut s, Duration::from_secs(5)).await;
     assert!(got.is_empty(), "{got:?}");
     assert!(took >= Duration::from_millis(400), "{took:?}");
-    eventually("keep-alive connection freed", || {
-        b.shared.drain.active() == 0
-    })
+    eventually(
+        "keep-alive connection freed",
+        Duration::from_secs(10),
+        || b.shared.drain.active() == 0,
+    )
     .await;
 }

@@ -931,9 +931,11 @@ async fn idle_pooled_connections_are_released_and_replaced() {
     assert_eq!(curl(&[&url]).await.0, 200);
     let made = handshakes();
     assert!((1..=workers).contains(&made), "{made}");
-    eventually_true("idle HTTP/1.1 peer connections closed", || {
-        b.shared.drain.active() == 0
-    })
+    eventually(
+        "idle HTTP/1.1 peer connections closed",
+        Duration::from_secs(3),
+        || b.shared.drain.active() == 0,
+    )
     .await;
     assert_eq!(curl(&[&url]).await.0, 200);
     assert_eq!(
@@ -946,9 +948,11 @@ async fn idle_pooled_connections_are_released_and_replaced() {
     assert_eq!(curl(&["--http2-prior-knowledge", &url]).await.0, 200);
     assert_eq!(handshakes(), before + 1);
     assert_eq!(a.shared.l7.peers.slot_count(), 1);
-    eventually_true("idle HTTP/2 peer connection released", || {
-        a.shared.l7.peers.slot_count() == 0
-    })
+    eventually(
+        "idle HTTP/2 peer connection released",
+        Duration::from_secs(3),
+        || a.shared.l7.peers.slot_count() == 0,
+    )
     .await;
     assert_eq!(curl(&["--http2-prior-knowledge", &url]).await.0, 200);
     assert_eq!(handshakes(), before + 2);
@@ -956,17 +960,6 @@ async fn idle_pooled_connections_are_released_and_replaced() {
         b.shared.metrics.tls_handshakes(Reporter::Destination),
         handshakes()
     );
-}
-
-/// Waits up to 3 s for `cond`.
-async fn eventually_true(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..150 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{what}: not within 3 s");
 }
 
 #[tokio::test]

@@ -207,21 +207,10 @@ impl Pod {
         self.shared.policy.load().as_ref().map(|p| p.generation)
     }
     async fn wait_ready(&self) {
-        eventually(&format!("pod {} ready", self.ip), || {
+        support::eventually(&format!("pod {} ready", self.ip), WAIT, || {
             self.shared.readiness().is_ok()
         })
         .await;
-    }
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -465,7 +454,7 @@ async fn ca_certificates_rotate_survive_a_ca_outage_and_fail_closed_on_expiry() 
     assert_eq!(round_trip(a.outbound(), b"ca down").await, b"ca down");
     echo_on(&mut long, b"still up").await;
     // Renewal is due before expiry and fails: still ready, the failure is reported.
-    eventually("a failed renewal reported", || {
+    support::eventually("a failed renewal reported", WAIT, || {
         b.shared
             .cert_status()
             .is_some_and(|s| s.ready && s.consecutive_failures > 0)
@@ -483,7 +472,10 @@ async fn ca_certificates_rotate_survive_a_ca_outage_and_fail_closed_on_expiry() 
         Duration::from_secs_f64(left.as_seconds_f64().max(0.0)) + Duration::from_millis(300),
     )
     .await;
-    eventually("b not ready after expiry", || b.shared.readiness().is_err()).await;
+    support::eventually("b not ready after expiry", WAIT, || {
+        b.shared.readiness().is_err()
+    })
+    .await;
     let (status, body) = http_get(b.health(), "/healthz/ready").await;
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -551,7 +543,10 @@ async fn policy_pushed_by_the_control_plane_flips_decisions_without_dropping_con
     let before = b.generation();
     let written = std::time::Instant::now();
     write_atomic(&dir, "deny.yaml", &deny_from("deny-a", "b", "a"));
-    eventually("b applied the DENY policy", || b.generation() != before).await;
+    support::eventually("b applied the DENY policy", WAIT, || {
+        b.generation() != before
+    })
+    .await;
     // For the record (not asserted): file written -> applied in the sidecar, including the
     // store's 50 ms poll and 50 ms debounce.
     println!("policy file -> sidecar: {:?}", written.elapsed());
@@ -568,7 +563,7 @@ async fn policy_pushed_by_the_control_plane_flips_decisions_without_dropping_con
         ),
     );
     let store = control.push.as_ref().unwrap().store.clone();
-    eventually("the control plane reported the invalid file", || {
+    support::eventually("the control plane reported the invalid file", WAIT, || {
         store
             .current()
             .errors
@@ -587,7 +582,10 @@ async fn policy_pushed_by_the_control_plane_flips_decisions_without_dropping_con
 
     // The DENY policy removed: allowed again.
     std::fs::remove_file(dir.join("deny.yaml")).unwrap();
-    eventually("b applied the removal", || b.generation() != denied_gen).await;
+    support::eventually("b applied the removal", WAIT, || {
+        b.generation() != denied_gen
+    })
+    .await;
     assert_eq!(
         round_trip(a.outbound(), b"allowed again").await,
         b"allowed again"
@@ -650,7 +648,7 @@ async fn static_directory_replaced_files_are_presented_on_the_next_handshake() {
 
     let second = write_certs(&control, &certs, "b");
     assert_ne!(first, second);
-    eventually("b installed the new certificate", || {
+    support::eventually("b installed the new certificate", WAIT, || {
         b.shared.tls.current().unwrap().chain()[0].as_ref() == second.as_slice()
     })
     .await;
@@ -658,7 +656,7 @@ async fn static_directory_replaced_files_are_presented_on_the_next_handshake() {
 
     // Files for another identity are refused; b keeps presenting its own.
     write_certs(&control, &certs, "mallory");
-    eventually("the wrong identity reported", || {
+    support::eventually("the wrong identity reported", WAIT, || {
         b.shared
             .cert_status()
             .and_then(|s| s.last_error)
