@@ -171,13 +171,7 @@ impl Direction {
                         self.release();
                         return Poll::Ready(Err(e));
                     }
-                    Poll::Pending => {
-                        if self.need_flush {
-                            ready!(w.as_mut().poll_flush(cx))?;
-                            self.need_flush = false;
-                        }
-                        return Poll::Pending;
-                    }
+                    Poll::Pending => return self.poll_pending_after_flush(cx, w.as_mut()),
                 }
             }
             while self.pos < self.cap {
@@ -185,22 +179,12 @@ impl Direction {
                     break;
                 };
                 let n = ready!(w.as_mut().poll_write(cx, &buf[self.pos..self.cap]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "write zero bytes into writer",
-                    )));
-                }
+                self.wrote(n)?;
                 self.pos += n;
-                self.total += n as u64;
-                self.need_flush = true;
             }
             if self.pos == self.cap && self.read_done {
                 self.release();
-                ready!(w.as_mut().poll_flush(cx))?;
-                ready!(w.as_mut().poll_shutdown(cx))?;
-                self.done = true;
-                return Poll::Ready(Ok(self.total));
+                return self.poll_finish(cx, w.as_mut());
             }
         }
     }
@@ -227,29 +211,53 @@ impl Direction {
             let data = match r.as_mut().poll_fill_buf(cx) {
                 Poll::Ready(Ok(data)) => data,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    if self.need_flush {
-                        ready!(w.as_mut().poll_flush(cx))?;
-                        self.need_flush = false;
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return self.poll_pending_after_flush(cx, w.as_mut()),
             };
             if data.is_empty() {
                 self.read_done = true;
                 break;
             }
             let n = ready!(w.as_mut().poll_write(cx, data))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "write zero bytes into writer",
-                )));
-            }
+            self.wrote(n)?;
             r.as_mut().consume(n);
-            self.total += n as u64;
-            self.need_flush = true;
         }
+        self.poll_finish(cx, w.as_mut())
+    }
+
+    /// The source has nothing now: flush what was written since the last flush, then wait.
+    fn poll_pending_after_flush<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        if self.need_flush {
+            ready!(w.poll_flush(cx))?;
+            self.need_flush = false;
+        }
+        Poll::Pending
+    }
+
+    /// Counts `n` bytes taken by the writer; a writer that took none is an error.
+    fn wrote(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write zero bytes into writer",
+            ));
+        }
+        self.total += n as u64;
+        self.need_flush = true;
+        Ok(())
+    }
+
+    /// The source ended and all of it was written: flushes and shuts the writer down.
+    fn poll_finish<W>(&mut self, cx: &mut Context<'_>, mut w: Pin<&mut W>) -> Poll<io::Result<u64>>
+    where
+        W: AsyncWrite + ?Sized,
+    {
         ready!(w.as_mut().poll_flush(cx))?;
         ready!(w.as_mut().poll_shutdown(cx))?;
         self.done = true;

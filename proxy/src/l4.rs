@@ -160,6 +160,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
+/// The body of [`forward`] and [`forward_lent`], which differ only in how the client side is
+/// read (`$copy`) and so in its trait bounds.
+macro_rules! forward_with {
+    ($client:ident, $upstream:ident, $counters:ident, $limits:ident, $copy:path) => {{
+        let base = Instant::now();
+        let last = AtomicU64::new(0);
+        let (mut client, mut upstream) = wrap($client, $upstream, $counters, base, &last);
+        let size = $limits.buffer_per_direction.max(1024);
+        let copy = $copy(&mut client, &mut upstream, size);
+        idle_bounded(copy, base, &last, $limits).await
+    }};
+}
+
 /// Copies both ways until both directions ended. An EOF in one direction is passed on as a
 /// write shutdown (half-close), the other direction keeps flowing. Returns the bytes
 /// (client to upstream, upstream to client); counters are updated as bytes flow. When no byte
@@ -175,12 +188,13 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let base = Instant::now();
-    let last = AtomicU64::new(0);
-    let (mut client, mut upstream) = wrap(client, upstream, counters, base, &last);
-    let size = limits.buffer_per_direction.max(1024);
-    let copy = crate::copy::copy_bidirectional_lazy(&mut client, &mut upstream, size);
-    idle_bounded(copy, base, &last, limits).await
+    forward_with!(
+        client,
+        upstream,
+        counters,
+        limits,
+        crate::copy::copy_bidirectional_lazy
+    )
 }
 
 /// [`forward`] for a client stream that lends its buffered bytes ([`AsyncBufRead`], like a TLS
@@ -195,12 +209,13 @@ where
     C: AsyncBufRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let base = Instant::now();
-    let last = AtomicU64::new(0);
-    let (mut client, mut upstream) = wrap(client, upstream, counters, base, &last);
-    let size = limits.buffer_per_direction.max(1024);
-    let copy = crate::copy::copy_bidirectional_lent(&mut client, &mut upstream, size);
-    idle_bounded(copy, base, &last, limits).await
+    forward_with!(
+        client,
+        upstream,
+        counters,
+        limits,
+        crate::copy::copy_bidirectional_lent
+    )
 }
 
 type Wrapped<'a, C, U> = (Activity<'a, Counted<C>>, Activity<'a, U>);
