@@ -212,14 +212,6 @@ pub async fn peek_client_hello_alpns(stream: &TcpStream, wait: Duration) -> Opti
     }
 }
 
-/// Peeks the ClientHello on `stream` (up to 16 KiB, within `wait`) and tells whether it comes
-/// from a mesh client (offers an `istio*` ALPN). Unparseable or late hellos count as mesh
-/// (they then go through the mTLS handshake, which decides).
-pub async fn is_mesh_client_hello(stream: &TcpStream, wait: Duration) -> bool {
-    peek_client_hello_alpns(stream, wait)
-        .await
-        .is_none_or(|alpns| alpns.iter().any(|a| is_mesh_alpn(a)))
-}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use warden_identity::tls::{InPlaceTls, ServerTlsStream};
 use warden_policy::{ConnectionContext, MtlsPolicy, NoExtAuthz, Request};
 
-use crate::detect::{Detected, detect, is_mesh_client_hello, peek_client_hello_alpns};
+use crate::detect::{Detected, detect, is_mesh_alpn, peek_client_hello_alpns};
 use crate::l4;
 use crate::metrics::{Reporter, TcpLabels};
 use crate::state::Shared;
@@ -86,20 +86,34 @@ pub async fn handle(
     };
     // PERMISSIVE: TLS that is not from a mesh client (no `istio*` ALPN) is the app's own TLS
     // and passes through as plaintext, as Istio's passthrough filter chain does.
-    let tls = mode == MtlsPolicy::Strict
-        || (mode == MtlsPolicy::Permissive
-            && detected == Detected::Tls
-            && is_mesh_client_hello(&stream, settings.detect_timeout).await);
+    // Unparseable or late hellos count as mesh (the handshake then decides). The ALPN list
+    // peeked here is kept for the in-place decision below.
+    let mut peeked = None;
+    let tls = match mode {
+        MtlsPolicy::Strict => true,
+        MtlsPolicy::Permissive if detected == Detected::Tls => {
+            let alpns = peek_client_hello_alpns(&stream, settings.detect_timeout).await;
+            let mesh = alpns
+                .as_ref()
+                .is_none_or(|a| a.iter().any(|p| is_mesh_alpn(p)));
+            peeked = Some(alpns);
+            mesh
+        }
+        _ => false,
+    };
     if tls {
         // A connection that can only be L4 (the port is declared TCP, or the client offers no
         // HTTP ALPN, so none can be negotiated) gets records decrypted in place.
         // The handshake timeout bounds the peek at the ClientHello too.
         let accepted = tokio::time::timeout(settings.handshake_timeout, async {
             let in_place = shared.tls.in_place_supported()
-                && (declared_tcp
-                    || !peek_client_hello_alpns(&stream, settings.detect_timeout)
-                        .await
-                        .is_none_or(|alpns| alpns.iter().any(|a| is_http_alpn(a))));
+                && (declared_tcp || {
+                    let alpns = match peeked {
+                        Some(alpns) => alpns,
+                        None => peek_client_hello_alpns(&stream, settings.detect_timeout).await,
+                    };
+                    !alpns.is_none_or(|a| a.iter().any(|p| is_http_alpn(p)))
+                });
             if in_place {
                 let (s, id, alpn) = shared.tls.accept_in_place(stream).await?;
                 Ok((Client::InPlace(s), id, alpn))
