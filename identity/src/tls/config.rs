@@ -141,7 +141,7 @@ fn ring_record_cipher(suite: rustls::CipherSuite) -> Option<rustls::SupportedCip
 
 /// Whether ring's AES-GCM beats aws-lc's on this CPU: VAES and VPCLMULQDQ with AVX2 but no
 /// AVX-512 (where aws-lc has its own VAES code).
-fn ring_aes_gcm_is_faster() -> bool {
+pub(crate) fn ring_aes_gcm_is_faster() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("vaes")
@@ -353,6 +353,8 @@ impl TlsConfigs {
             c.alpn_protocols = alpn.protocols().iter().map(|p| p.to_vec()).collect();
             c.resumption = Resumption::store(shared.client_store.clone());
             c.enable_sni = settings.send_sni;
+            // For `TlsProvider::connect_in_place`, which takes over the record layer.
+            c.enable_secret_extraction = true;
             Ok(Arc::new(c))
         };
         Ok(Self {
@@ -482,16 +484,23 @@ mod tests {
             let ours = p.cipher_suites[i].tls13().unwrap();
             let (aws, ring) = (aws.tls13().unwrap(), ring.tls13().unwrap());
             assert_eq!(ours.common.suite, aws.common.suite);
+            if !super::ring_aes_gcm_is_faster() {
+                // aws-lc-rs's own suite, untouched (compared with the provider's entry: the
+                // `cipher_suite` constants may be other copies of it).
+                let stock = aws_lc_rs::default_provider()
+                    .cipher_suites
+                    .iter()
+                    .find_map(|s| s.tls13().filter(|t| t.common.suite == ours.common.suite))
+                    .unwrap();
+                assert!(std::ptr::eq(ours, stock));
+                continue;
+            }
             assert!(std::ptr::addr_eq(ours.hkdf_provider, aws.hkdf_provider));
             assert!(std::ptr::addr_eq(
                 ours.common.hash_provider,
                 aws.common.hash_provider
             ));
-            let (want, other) = if super::ring_aes_gcm_is_faster() {
-                (ring.aead_alg, aws.aead_alg)
-            } else {
-                (aws.aead_alg, ring.aead_alg)
-            };
+            let (want, other) = (ring.aead_alg, aws.aead_alg);
             assert!(std::ptr::addr_eq(ours.aead_alg, want));
             assert!(!std::ptr::addr_eq(ours.aead_alg, other));
         }
