@@ -11,13 +11,66 @@
 //! reader yields one record (at most 16 KiB) per read, and a 64 KiB buffer filled from four
 //! records goes out in one `send` instead of four. A read that would block ends the fill, so
 //! an interactive exchange is written at once, never held back.
+//!
+//! With an in-place TLS stream ([`InPlaceTls`]) on one side, neither direction has a buffer of
+//! its own: TLS to plain writes the plaintext from the buffer it was decrypted in (the source
+//! lends it, [`AsyncBufRead`]); plain to TLS reads the bytes straight into the slots of the
+//! next records ([`LendingWrite`]), one vectored read for up to two records
+//! ([`ReadVectored`]), and the records are sealed where they lie.
 
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use warden_identity::tls::{InPlaceTls, SendSlots};
+
+/// A source that reads into several buffers at once, in order (a socket's `readv`).
+pub trait ReadVectored {
+    /// Reads into `bufs`, filling each before the next; `Ok(0)` at EOF.
+    fn poll_read_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>>;
+}
+
+impl ReadVectored for TcpStream {
+    fn poll_read_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.poll_read_ready(cx))?;
+            match self.try_read_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+/// A writer that lends the space its next bytes go to (a TLS stream that seals records where
+/// they lie): fill the slots in order, then commit what was written.
+pub trait LendingWrite: AsyncWrite {
+    /// The slots for the next bytes, once the writer has room for them.
+    fn poll_lend(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<SendSlots<'_>>>;
+    /// Takes the first `n` bytes written into the last lent slots.
+    fn commit(self: Pin<&mut Self>, n: usize) -> io::Result<()>;
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> LendingWrite for InPlaceTls<S> {
+    fn poll_lend(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<SendSlots<'_>>> {
+        self.get_mut().poll_lend(cx)
+    }
+
+    fn commit(self: Pin<&mut Self>, n: usize) -> io::Result<()> {
+        self.get_mut().commit(n)
+    }
+}
 
 /// Copy buffers given back by idle directions, kept per thread for the next busy one.
 mod pool {
@@ -224,6 +277,40 @@ impl Direction {
         self.poll_finish(cx, w.as_mut())
     }
 
+    /// Like [`Self::poll_copy`] into a writer that lends its space ([`LendingWrite`], like a
+    /// TLS stream that seals in place): the source reads straight into it, and this direction
+    /// holds no buffer of its own.
+    fn poll_copy_sealed<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: ReadVectored + ?Sized,
+        W: LendingWrite + ?Sized,
+    {
+        if self.done {
+            return Poll::Ready(Ok(self.total));
+        }
+        while !self.read_done {
+            let read = {
+                let mut slots = ready!(w.as_mut().poll_lend(cx))?;
+                r.as_mut().poll_read_vectored(cx, slots.as_mut_slices())
+            };
+            match read {
+                Poll::Ready(Ok(0)) => self.read_done = true,
+                Poll::Ready(Ok(n)) => {
+                    w.as_mut().commit(n)?;
+                    self.wrote(n)?;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return self.poll_pending_after_flush(cx, w.as_mut()),
+            }
+        }
+        self.poll_finish(cx, w.as_mut())
+    }
+
     /// The source has nothing now: flush what was written since the last flush, then wait.
     fn poll_pending_after_flush<W>(
         &mut self,
@@ -283,40 +370,64 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    both_ways(a, b, size, |d, cx, a, b| d.poll_copy(cx, a, b)).await
+    both_ways(
+        a,
+        b,
+        size,
+        |d, cx, a, b| d.poll_copy(cx, a, b),
+        |d, cx, b, a| d.poll_copy(cx, b, a),
+    )
+    .await
 }
 
-/// Like [`copy_bidirectional_lazy`] where `a` lends its buffered bytes ([`AsyncBufRead`]):
-/// `a` to `b` is written straight from `a`'s buffer, `b` to `a` goes through a lazy buffer.
-pub async fn copy_bidirectional_lent<A, B>(
-    a: &mut A,
-    b: &mut B,
-    size: usize,
-) -> io::Result<(u64, u64)>
+/// Between a plain stream `a` and an in-place TLS stream `b`, with no copy buffer: `a` is
+/// read straight into `b`'s record slots, `b`'s plaintext is written to `a` from where it was
+/// decrypted. Returns (bytes `a`->`b`, bytes `b`->`a`).
+pub async fn copy_bidirectional_sealing<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
-    A: AsyncBufRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: ReadVectored + AsyncWrite + Unpin + ?Sized,
+    B: AsyncBufRead + LendingWrite + Unpin + ?Sized,
 {
-    both_ways(a, b, size, |d, cx, a, b| d.poll_copy_lent(cx, a, b)).await
+    both_ways(
+        a,
+        b,
+        0,
+        |d, cx, a, b| d.poll_copy_sealed(cx, a, b),
+        |d, cx, b, a| d.poll_copy_lent(cx, b, a),
+    )
+    .await
 }
 
-/// Runs `a_to_b` and the lazy `b` to `a` copy until both ended.
-async fn both_ways<A, B, F>(
+/// [`copy_bidirectional_sealing`] with the TLS stream first: returns (bytes `a`->`b`,
+/// bytes `b`->`a`).
+pub async fn copy_bidirectional_in_place<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncBufRead + LendingWrite + Unpin + ?Sized,
+    B: ReadVectored + AsyncWrite + Unpin + ?Sized,
+{
+    let (ba, ab) = copy_bidirectional_sealing(b, a).await?;
+    Ok((ab, ba))
+}
+
+/// Runs `a_to_b` and `b_to_a` until both ended.
+async fn both_ways<A, B, F, G>(
     a: &mut A,
     b: &mut B,
     size: usize,
     mut a_to_b: F,
+    mut b_to_a: G,
 ) -> io::Result<(u64, u64)>
 where
-    A: AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: Unpin + ?Sized,
+    B: Unpin + ?Sized,
     F: FnMut(&mut Direction, &mut Context<'_>, Pin<&mut A>, Pin<&mut B>) -> Poll<io::Result<u64>>,
+    G: FnMut(&mut Direction, &mut Context<'_>, Pin<&mut B>, Pin<&mut A>) -> Poll<io::Result<u64>>,
 {
     let mut ab = Direction::new(size);
     let mut ba = Direction::new(size);
     poll_fn(|cx| {
         let r1 = a_to_b(&mut ab, cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
-        let r2 = ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        let r2 = b_to_a(&mut ba, cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
         match (r1, r2) {
             (Poll::Ready(x), Poll::Ready(y)) => Poll::Ready(Ok((x, y))),
             _ => Poll::Pending,
@@ -438,30 +549,12 @@ mod tests {
         .unwrap();
     }
 
+    /// 10,000 bytes one way, then a reply after the half-close.
     #[tokio::test]
     async fn copies_both_ways_with_half_close() {
-        both_ways_with_half_close(false).await;
-    }
-
-    #[tokio::test]
-    async fn copies_both_ways_with_half_close_from_a_lending_source() {
-        both_ways_with_half_close(true).await;
-    }
-
-    /// 10,000 bytes one way, then a reply after the half-close; `lent`: the first stream lends
-    /// its buffer (a 13-byte `BufReader`), as an in-place TLS stream does.
-    async fn both_ways_with_half_close(lent: bool) {
-        let (mut c, p1) = tokio::io::duplex(64);
+        let (mut c, mut p1) = tokio::io::duplex(64);
         let (mut p2, mut s) = tokio::io::duplex(64);
-        let proxy = tokio::spawn(async move {
-            if lent {
-                let mut p1 = tokio::io::BufReader::with_capacity(13, p1);
-                copy_bidirectional_lent(&mut p1, &mut p2, 7).await
-            } else {
-                let mut p1 = p1;
-                copy_bidirectional_lazy(&mut p1, &mut p2, 7).await
-            }
-        });
+        let proxy = tokio::spawn(async move { copy_bidirectional_lazy(&mut p1, &mut p2, 7).await });
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let d = data.clone();
         let writer = tokio::spawn(async move {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use warden_identity::SpiffeId;
-use warden_identity::tls::{Alpn, ClientTlsStream, TlsError, TlsProvider};
+use warden_identity::tls::{Alpn, ClientTlsStream, InPlaceTls, TlsError, TlsProvider};
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,24 @@ impl Dialer<'_> {
         tokio::time::timeout(
             self.handshake_timeout,
             self.tls.connect(tcp, identities, alpn),
+        )
+        .await
+        .map_err(|_| DialError::HandshakeTimeout(endpoint))?
+        .map_err(|source| DialError::Tls { endpoint, source })
+    }
+
+    /// Like [`Self::dial`], for a connection that is only forwarded (L4): the records are
+    /// sealed and opened in place ([`TlsProvider::connect_in_place`]).
+    pub async fn dial_in_place(
+        &self,
+        endpoint: SocketAddr,
+        identities: &[SpiffeId],
+        alpn: Alpn,
+    ) -> Result<(InPlaceTls<TcpStream>, SpiffeId), DialError> {
+        let tcp = connect(endpoint, None, self.connect_timeout).await?;
+        tokio::time::timeout(
+            self.handshake_timeout,
+            self.tls.connect_in_place(tcp, identities, alpn),
         )
         .await
         .map_err(|_| DialError::HandshakeTimeout(endpoint))?

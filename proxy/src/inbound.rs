@@ -292,7 +292,7 @@ async fn serve(
     let result = match client {
         Client::Plain(s) => l4::forward(s, upstream, counters.clone(), limits).await,
         Client::Tls(s) => l4::forward(s, upstream, counters.clone(), limits).await,
-        Client::InPlace(s) => l4::forward_lent(s, upstream, counters.clone(), limits).await,
+        Client::InPlace(s) => l4::forward_in_place(s, upstream, counters.clone(), limits).await,
     };
     counters.closed();
     let (rx, tx) = result.as_ref().map(|r| *r).unwrap_or((0, 0));

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use warden_identity::tls::SendSlots;
+
+use crate::copy::{LendingWrite, ReadVectored};
 
 use crate::limits::LimitCounters;
 use crate::metrics::TcpCounters;
@@ -81,6 +84,34 @@ impl<S: AsyncBufRead + Unpin> AsyncBufRead for Activity<'_, S> {
     }
 }
 
+impl<S: ReadVectored + Unpin> ReadVectored for Activity<'_, S> {
+    fn poll_read_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_read_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<S: LendingWrite + Unpin> LendingWrite for Activity<'_, S> {
+    fn poll_lend(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<SendSlots<'_>>> {
+        Pin::new(&mut self.get_mut().inner).poll_lend(cx)
+    }
+
+    fn commit(mut self: Pin<&mut Self>, n: usize) -> io::Result<()> {
+        Pin::new(&mut self.inner).commit(n)?;
+        if n > 0 {
+            self.touch();
+        }
+        Ok(())
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -138,6 +169,34 @@ impl<S: AsyncBufRead + Unpin> AsyncBufRead for Counted<S> {
     }
 }
 
+impl<S: ReadVectored + Unpin> ReadVectored for Counted<S> {
+    fn poll_read_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_read_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.counters.add_received(n as u64);
+        }
+        r
+    }
+}
+
+impl<S: LendingWrite + Unpin> LendingWrite for Counted<S> {
+    fn poll_lend(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<SendSlots<'_>>> {
+        Pin::new(&mut self.get_mut().inner).poll_lend(cx)
+    }
+
+    fn commit(mut self: Pin<&mut Self>, n: usize) -> io::Result<()> {
+        Pin::new(&mut self.inner).commit(n)?;
+        self.counters.add_sent(n as u64);
+        Ok(())
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -160,15 +219,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-/// The body of [`forward`] and [`forward_lent`], which differ only in how the client side is
-/// read (`$copy`) and so in its trait bounds.
+/// The body of the `forward` functions, which differ only in how the two sides are copied
+/// (`$copy`, given the wrapped client and upstream and the buffer size) and so in their trait
+/// bounds.
 macro_rules! forward_with {
-    ($client:ident, $upstream:ident, $counters:ident, $limits:ident, $copy:path) => {{
+    ($client:ident, $upstream:ident, $counters:ident, $limits:ident,
+     |$c:ident, $u:ident, $size:ident| $copy:expr) => {{
         let base = Instant::now();
         let last = AtomicU64::new(0);
         let (mut client, mut upstream) = wrap($client, $upstream, $counters, base, &last);
-        let size = $limits.buffer_per_direction.max(1024);
-        let copy = $copy(&mut client, &mut upstream, size);
+        let $size = $limits.buffer_per_direction.max(1024);
+        let ($c, $u) = (&mut client, &mut upstream);
+        let copy = $copy;
         idle_bounded(copy, base, &last, $limits).await
     }};
 }
@@ -188,34 +250,45 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    forward_with!(
-        client,
-        upstream,
-        counters,
-        limits,
-        crate::copy::copy_bidirectional_lazy
-    )
+    forward_with!(client, upstream, counters, limits, |c, u, size| {
+        crate::copy::copy_bidirectional_lazy(c, u, size)
+    })
 }
 
-/// [`forward`] for a client stream that lends its buffered bytes ([`AsyncBufRead`], like a TLS
-/// stream that decrypts in place): client to upstream is written straight from its buffer.
-pub async fn forward_lent<C, U>(
+/// [`forward`] from an in-place TLS client stream ([`warden_identity::tls::InPlaceTls`], the
+/// inbound side) to a plain upstream, with no copy buffer: the client's plaintext is written
+/// from where it was decrypted, the upstream is read straight into the client's record slots.
+pub async fn forward_in_place<C, U>(
     client: C,
     upstream: U,
     counters: Arc<TcpCounters>,
     limits: ForwardLimits<'_>,
 ) -> io::Result<(u64, u64)>
 where
-    C: AsyncBufRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncBufRead + LendingWrite + Unpin,
+    U: ReadVectored + AsyncWrite + Unpin,
 {
-    forward_with!(
-        client,
-        upstream,
-        counters,
-        limits,
-        crate::copy::copy_bidirectional_lent
-    )
+    forward_with!(client, upstream, counters, limits, |c, u, _size| {
+        crate::copy::copy_bidirectional_in_place(c, u)
+    })
+}
+
+/// [`forward`] from a plain client to an in-place TLS upstream (the outbound side), with no
+/// copy buffer: the client is read straight into the upstream's record slots, the upstream's
+/// plaintext is written from where it was decrypted.
+pub async fn forward_sealing<C, U>(
+    client: C,
+    upstream: U,
+    counters: Arc<TcpCounters>,
+    limits: ForwardLimits<'_>,
+) -> io::Result<(u64, u64)>
+where
+    C: ReadVectored + AsyncWrite + Unpin,
+    U: AsyncBufRead + LendingWrite + Unpin,
+{
+    forward_with!(client, upstream, counters, limits, |c, u, _size| {
+        crate::copy::copy_bidirectional_sealing(c, u)
+    })
 }
 
 type Wrapped<'a, C, U> = (Activity<'a, Counted<C>>, Activity<'a, U>);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
+use warden_identity::tls::{ClientTlsStream, InPlaceTls};
 
 use warden_policy::registry::Protocol;
 
@@ -82,10 +83,21 @@ pub async fn handle(
                 connect_timeout,
                 handshake_timeout: shared.config.inbound.handshake_timeout,
             };
-            let (upstream, server_id) = match dialer
-                .dial(endpoint, svc.identities(), svc.alpn())
-                .await
-            {
+            let identities = svc.identities();
+            // Only forwarded, so the records are sealed and opened in place when TLS 1.3 is
+            // the only version (rustls's buffered stream otherwise).
+            let dialed = if shared.tls.in_place_supported() {
+                dialer
+                    .dial_in_place(endpoint, identities, svc.alpn())
+                    .await
+                    .map(|(s, id)| (Upstream::InPlace(s), id))
+            } else {
+                dialer
+                    .dial(endpoint, identities, svc.alpn())
+                    .await
+                    .map(|(s, id)| (Upstream::Tls(Box::new(s)), id))
+            };
+            let (upstream, server_id) = match dialed {
                 Ok(v) => {
                     shared.metrics.tls_handshake(Reporter::Source);
                     v
@@ -103,13 +115,13 @@ pub async fn handle(
             let principal = labels.destination_principal.clone();
             let counters = shared.metrics.tcp(labels);
             counters.opened();
-            let r = l4::forward(
-                client,
-                upstream,
-                counters.clone(),
-                l4::ForwardLimits::of(&shared),
-            )
-            .await;
+            let limits = l4::ForwardLimits::of(&shared);
+            let r = match upstream {
+                Upstream::InPlace(u) => {
+                    l4::forward_sealing(client, u, counters.clone(), limits).await
+                }
+                Upstream::Tls(u) => l4::forward(client, u, counters.clone(), limits).await,
+            };
             counters.closed();
             let (tx, rx) = r.as_ref().map(|r| *r).unwrap_or((0, 0));
             access(
@@ -163,6 +175,14 @@ pub async fn handle(
             access(peer, Some(dst), "-", "none", "passthrough", tx, rx, start);
         }
     }
+}
+
+/// A mesh upstream: in-place records, or rustls's buffered stream (TLS 1.2 enabled, boxed as
+/// the rare case; the in-place one is not, as it is the common case).
+#[allow(clippy::large_enum_variant)]
+enum Upstream {
+    InPlace(InPlaceTls<TcpStream>),
+    Tls(Box<ClientTlsStream<TcpStream>>),
 }
 
 fn upstream_failed(

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use rustls::ServerConfig;
+use rustls::client::UnbufferedClientConnection;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
 use rustls::server::UnbufferedServerConnection;
@@ -247,6 +248,39 @@ impl TlsProvider {
         Ok((stream, peer, alpn))
     }
 
+    /// Like [`Self::connect`], for a connection whose plaintext is only forwarded (L4): the
+    /// handshake, certificate checks, secure naming, session tickets and key schedule are
+    /// rustls's; the records are opened and sealed in place by [`InPlaceTls`]. Fails when
+    /// TLS 1.2 is enabled ([`Self::in_place_supported`]).
+    pub async fn connect_in_place<S>(
+        &self,
+        mut stream: S,
+        expected: &[SpiffeId],
+        alpn: Alpn,
+    ) -> Result<(InPlaceTls<S>, SpiffeId), TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if !self.in_place_supported() {
+            return Err(tls12_enabled());
+        }
+        let name = session_key(expected);
+        if let ServerName::DnsName(dns) = &name {
+            self.inner.expected.register(dns.as_ref(), expected);
+        }
+        let Some(configs) = self.inner.current.load_full() else {
+            return Err(TlsError::NoCredentials);
+        };
+        let conn = UnbufferedClientConnection::new(configs.client(alpn).clone(), name)
+            .map_err(TlsError::from_rustls)?;
+        let handshake = inplace::handshake(conn, &mut stream).await?;
+        let peer = configs
+            .verifier()
+            .peer_identity_checked(handshake.common(), OffsetDateTime::now_utc())?;
+        check_secure_naming(&peer, expected)?;
+        Ok((handshake.into_stream(stream)?, peer))
+    }
+
     /// Whether [`Self::accept_in_place`] can be used: TLS 1.3 only (TLS 1.2 disabled).
     pub fn in_place_supported(&self) -> bool {
         !self.inner.settings.allow_tls12
@@ -263,9 +297,7 @@ impl TlsProvider {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         if !self.in_place_supported() {
-            return Err(TlsError::Handshake(rustls::Error::General(
-                "in-place records need TLS 1.3 only, and TLS 1.2 is enabled".into(),
-            )));
+            return Err(tls12_enabled());
         }
         let configs = self.inner.current.load_full();
         let server = match &configs {
@@ -287,6 +319,12 @@ impl TlsProvider {
         let stream = handshake.into_stream(stream)?;
         Ok((stream, peer, alpn))
     }
+}
+
+fn tls12_enabled() -> TlsError {
+    TlsError::Handshake(rustls::Error::General(
+        "in-place records need TLS 1.3 only, and TLS 1.2 is enabled".into(),
+    ))
 }
 
 /// A session-cache key for a destination known by its identities: a name under the reserved

@@ -46,6 +46,28 @@ impl Mesh {
         (cert.chain_pem.concat(), key.serialize_pem())
     }
 
+    /// A TLS provider holding a leaf for `ns/sa`, TLS 1.3 only.
+    pub fn provider(&self, sa: &str) -> TlsProvider {
+        let id = SpiffeId::istio(&TrustDomain::default(), NS, sa).unwrap();
+        let (chain, key) = self.issue(&id);
+        let trust = warden_identity::tls::TrustBundle::from_pem(
+            TrustDomain::default(),
+            self.ca.root_bundle_pem().as_bytes(),
+            "root",
+        )
+        .unwrap();
+        let creds = warden_identity::tls::WorkloadCredentials::from_pem(
+            chain.as_bytes(),
+            key.as_bytes(),
+            trust,
+            "test",
+        )
+        .unwrap();
+        let tls = TlsProvider::new(TlsSettings::default()).unwrap();
+        tls.install(&creds).unwrap();
+        tls
+    }
+
     /// Writes cert-chain.pem, key.pem, root-cert.pem for `ns/sa` into `dir`.
     pub fn write_certs(&self, dir: &Path, sa: &str) {
         let id = SpiffeId::istio(&TrustDomain::default(), NS, sa).unwrap();
