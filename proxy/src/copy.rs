@@ -60,6 +60,8 @@ pub trait LendingWrite: AsyncWrite {
     fn poll_lend(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<SendSlots<'_>>>;
     /// Takes the first `n` bytes written into the last lent slots.
     fn commit(self: Pin<&mut Self>, n: usize) -> io::Result<()>;
+    /// The last lent slots were not used: the writer may free their space while idle.
+    fn unlend(self: Pin<&mut Self>);
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> LendingWrite for InPlaceTls<S> {
@@ -69,6 +71,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LendingWrite for InPlaceTls<S> {
 
     fn commit(self: Pin<&mut Self>, n: usize) -> io::Result<()> {
         self.get_mut().commit(n)
+    }
+
+    fn unlend(self: Pin<&mut Self>) {
+        self.get_mut().unlend();
     }
 }
 
@@ -305,7 +311,11 @@ impl Direction {
                     self.wrote(n)?;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return self.poll_pending_after_flush(cx, w.as_mut()),
+                Poll::Pending => {
+                    // Idle until the source has more: hold no send buffer meanwhile.
+                    w.as_mut().unlend();
+                    return self.poll_pending_after_flush(cx, w.as_mut());
+                }
             }
         }
         self.poll_finish(cx, w.as_mut())

@@ -110,6 +110,10 @@ impl<S: LendingWrite + Unpin> LendingWrite for Activity<'_, S> {
         }
         Ok(())
     }
+
+    fn unlend(mut self: Pin<&mut Self>) {
+        Pin::new(&mut self.inner).unlend();
+    }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<'_, S> {
@@ -194,6 +198,10 @@ impl<S: LendingWrite + Unpin> LendingWrite for Counted<S> {
         Pin::new(&mut self.inner).commit(n)?;
         self.counters.add_sent(n as u64);
         Ok(())
+    }
+
+    fn unlend(mut self: Pin<&mut Self>) {
+        Pin::new(&mut self.inner).unlend();
     }
 }
 

@@ -1086,6 +1086,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
         Poll::Ready(Ok(SendSlots { slots, count }))
     }
 
+    /// The slots of the last [`Self::poll_lend`] were not used (the source had nothing):
+    /// gives the send buffer back when it holds no record, so an idle stream holds none.
+    pub fn unlend(&mut self) {
+        self.lent = 0;
+        if self.tstart == self.tend {
+            self.tstart = 0;
+            self.tend = 0;
+            pool::give(std::mem::take(&mut self.tbuf));
+        }
+    }
+
     /// Seals the first `n` bytes written into the slots of the last [`Self::poll_lend`] as
     /// records (each slot but the last filled one full). They are written by the next
     /// [`Self::poll_lend`], [`AsyncWrite::poll_flush`] or shutdown.
