@@ -18,18 +18,6 @@ use warden_identity::tls::{
     Alpn, InPlaceTls, SLOTS, ServerTlsStream, TlsError, TlsProvider, TlsSettings,
 };
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
-async fn read_to_end<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    r.read_to_end(&mut out).await?;
-    Ok(out)
-}
-
 /// Sends `data` through lent record slots, filling `fill` bytes at most per lending (a short
 /// fill leaves a partial record, as a short socket read does). Returns the lendings.
 async fn send_lent<S>(s: &mut InPlaceTls<S>, data: &[u8], fill: usize) -> io::Result<usize>
@@ -145,15 +133,7 @@ async fn tickets_from_the_server_are_stored_and_the_next_connection_resumes() {
     let mut kinds = Vec::new();
     for _ in 0..2 {
         let (mut cs, mut ss) = rustls_server_pair(&server, &client, &sid).await;
-        // A round trip, so the client reads the tickets sent after the handshake.
-        cs.write_all(b"x").await.unwrap();
-        cs.flush().await.unwrap();
-        let mut one = [0u8; 1];
-        ss.read_exact(&mut one).await.unwrap();
-        ss.write_all(b"y").await.unwrap();
-        ss.flush().await.unwrap();
-        cs.read_exact(&mut one).await.unwrap();
-        assert_eq!(&one, b"y");
+        ping_pong(&mut cs, &mut ss).await;
         assert_eq!(cs.tickets_received(), 2, "the server sends two tickets");
         kinds.push(ss.get_ref().1.handshake_kind());
     }

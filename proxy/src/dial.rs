@@ -60,13 +60,8 @@ impl Dialer<'_> {
         alpn: Alpn,
     ) -> Result<(ClientTlsStream<TcpStream>, SpiffeId), DialError> {
         let tcp = connect(endpoint, None, self.connect_timeout).await?;
-        tokio::time::timeout(
-            self.handshake_timeout,
-            self.tls.connect(tcp, identities, alpn),
-        )
-        .await
-        .map_err(|_| DialError::HandshakeTimeout(endpoint))?
-        .map_err(|source| DialError::Tls { endpoint, source })
+        self.within(endpoint, self.tls.connect(tcp, identities, alpn))
+            .await
     }
 
     /// Like [`Self::dial`], for a connection that is only forwarded (L4): the records are
@@ -78,13 +73,20 @@ impl Dialer<'_> {
         alpn: Alpn,
     ) -> Result<(InPlaceTls<TcpStream>, SpiffeId), DialError> {
         let tcp = connect(endpoint, None, self.connect_timeout).await?;
-        tokio::time::timeout(
-            self.handshake_timeout,
-            self.tls.connect_in_place(tcp, identities, alpn),
-        )
-        .await
-        .map_err(|_| DialError::HandshakeTimeout(endpoint))?
-        .map_err(|source| DialError::Tls { endpoint, source })
+        self.within(endpoint, self.tls.connect_in_place(tcp, identities, alpn))
+            .await
+    }
+
+    /// Runs the mTLS `handshake` with `endpoint` under the handshake deadline.
+    async fn within<T>(
+        &self,
+        endpoint: SocketAddr,
+        handshake: impl std::future::Future<Output = Result<T, TlsError>>,
+    ) -> Result<T, DialError> {
+        tokio::time::timeout(self.handshake_timeout, handshake)
+            .await
+            .map_err(|_| DialError::HandshakeTimeout(endpoint))?
+            .map_err(|source| DialError::Tls { endpoint, source })
     }
 }
 

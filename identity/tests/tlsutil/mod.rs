@@ -232,3 +232,36 @@ pub fn put(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// `len` bytes of a pattern that differs per `seed`, so misplaced bytes show.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+pub async fn read_to_end<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
+/// One byte from the client `c` to the server `s` and one back, so the client has read the
+/// tickets the server sends after the handshake.
+pub async fn ping_pong<C, S>(c: &mut C, s: &mut S)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut one = [0u8; 1];
+    c.write_all(b"x").await.unwrap();
+    c.flush().await.unwrap();
+    s.read_exact(&mut one).await.unwrap();
+    assert_eq!(&one, b"x");
+    s.write_all(b"y").await.unwrap();
+    s.flush().await.unwrap();
+    c.read_exact(&mut one).await.unwrap();
+    assert_eq!(&one, b"y");
+}
