@@ -185,13 +185,19 @@ impl TlsProvider {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let name = self.expect(expected);
+        self.connect_to(stream, name, expected, alpn).await
+    }
+
+    /// The session-cache key for `expected`, registered so that the verifier checks secure
+    /// naming during the handshake (refusing an impostor before our certificate is sent); the
+    /// connect functions check it again after ([`server_identity`]).
+    fn expect(&self, expected: &[SpiffeId]) -> ServerName<'static> {
         let name = session_key(expected);
         if let ServerName::DnsName(dns) = &name {
-            // The verifier checks secure naming during the handshake (refusing an impostor
-            // before our certificate is sent); `connect_to` checks it again after.
             self.inner.expected.register(dns.as_ref(), expected);
         }
-        self.connect_to(stream, name, expected, alpn).await
+        name
     }
 
     /// Like [`connect`](Self::connect) with an explicit server name: the session-cache key, and
@@ -213,11 +219,7 @@ impl TlsProvider {
             .connect(server_name, stream)
             .await
             .map_err(TlsError::from_io)?;
-        let (_, conn) = stream.get_ref();
-        let peer = configs
-            .verifier()
-            .peer_identity_checked(conn, OffsetDateTime::now_utc())?;
-        check_secure_naming(&peer, expected)?;
+        let peer = server_identity(&configs, stream.get_ref().1, expected)?;
         Ok((stream, peer))
     }
 
@@ -264,20 +266,14 @@ impl TlsProvider {
         if !self.in_place_supported() {
             return Err(tls12_enabled());
         }
-        let name = session_key(expected);
-        if let ServerName::DnsName(dns) = &name {
-            self.inner.expected.register(dns.as_ref(), expected);
-        }
+        let name = self.expect(expected);
         let Some(configs) = self.inner.current.load_full() else {
             return Err(TlsError::NoCredentials);
         };
         let conn = UnbufferedClientConnection::new(configs.client(alpn).clone(), name)
             .map_err(TlsError::from_rustls)?;
         let handshake = inplace::handshake(conn, &mut stream).await?;
-        let peer = configs
-            .verifier()
-            .peer_identity_checked(handshake.common(), OffsetDateTime::now_utc())?;
-        check_secure_naming(&peer, expected)?;
+        let peer = server_identity(&configs, handshake.common(), expected)?;
         Ok((handshake.into_stream(stream)?, peer))
     }
 
@@ -319,6 +315,20 @@ impl TlsProvider {
         let stream = handshake.into_stream(stream)?;
         Ok((stream, peer, alpn))
     }
+}
+
+/// The server's verified identity after a client handshake, which must be one of `expected`
+/// (secure naming).
+fn server_identity(
+    configs: &TlsConfigs,
+    conn: &rustls::CommonState,
+    expected: &[SpiffeId],
+) -> Result<SpiffeId, TlsError> {
+    let peer = configs
+        .verifier()
+        .peer_identity_checked(conn, OffsetDateTime::now_utc())?;
+    check_secure_naming(&peer, expected)?;
+    Ok(peer)
 }
 
 fn tls12_enabled() -> TlsError {
