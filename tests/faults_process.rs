@@ -449,11 +449,30 @@ fn sigterm_under_load_loses_nothing_inside_the_drain_deadline() {
                 let mut s = TcpStream::connect("127.0.182.1:15001").unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 let mut r = s.try_clone().unwrap();
+                let (echoed, first_echo) = std::sync::mpsc::channel();
                 let reader = std::thread::spawn(move || {
                     let mut back = Vec::new();
-                    r.read_to_end(&mut back).map(|_| back)
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match r.read(&mut buf) {
+                            Ok(0) => return Ok(back),
+                            Ok(n) => {
+                                if back.is_empty() {
+                                    let _ = echoed.send(());
+                                }
+                                back.extend_from_slice(&buf[..n]);
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                 });
                 s.write_all(&data[..BYTES / 4]).unwrap();
+                // In flight end to end (the echo is back through both sidecars) before the
+                // SIGTERM: a connection still in the server sidecar's accept backlog when its
+                // listener closes is refused, which is not what this test is about.
+                first_echo
+                    .recv_timeout(Duration::from_secs(30))
+                    .expect("no echo through both sidecars");
                 started.wait();
                 // SIGTERM arrives now; the rest goes through slowly.
                 for chunk in data[BYTES / 4..].chunks(64 * 1024) {
