@@ -173,6 +173,70 @@ async fn both_sides_in_place_with_lent_slots_and_half_close() {
     assert_eq!(cs.tickets_received(), 2);
 }
 
+/// `write_vectored` (what hyper uses for an HTTP head and its body) gathers slices into
+/// records: empty slices, slices split across records, and more than the send buffer holds
+/// (a partial write, the rest taken by the next calls). The in-place server returns the
+/// client's leaf certificate when asked for it.
+#[tokio::test]
+async fn gathered_writes_arrive_whole_and_the_server_sees_the_clients_leaf() {
+    let mesh = Mesh::new();
+    let (sid, cid) = (id("a", "server"), id("b", "client"));
+    let (server, client) = (mesh.provider(&sid), mesh.provider(&cid));
+    let (c, s) = tcp_pair().await;
+    let (a, b) = tokio::join!(
+        server.accept_in_place_with_leaf(s),
+        client.connect_in_place(c, std::slice::from_ref(&sid), Alpn::Http11)
+    );
+    let mut accepted = a.expect("in-place accept");
+    let (mut cs, _) = b.expect("in-place connect");
+    assert_eq!(accepted.peer, cid);
+    assert_eq!(accepted.alpn, Some(&b"istio-http/1.1"[..]));
+    let leaf = accepted.leaf.take().expect("the client's leaf");
+    assert_eq!(
+        warden_identity::tls::spiffe_id_of(&leaf).expect("a SPIFFE ID in the leaf"),
+        cid
+    );
+    assert!(cs.is_write_vectored());
+    let parts = [
+        pattern(200, 1),
+        Vec::new(),
+        pattern(40_000, 2),
+        pattern(1, 3),
+        pattern(70_000, 4),
+    ];
+    let want: Vec<u8> = parts.concat();
+    let mut ss = accepted.stream;
+    let srv = tokio::spawn(async move { read_to_end(&mut ss).await.unwrap() });
+    let (mut part, mut off, mut calls) = (0, 0, 0);
+    while part < parts.len() {
+        let mut slices = vec![io::IoSlice::new(&parts[part][off..])];
+        slices.extend(parts[part + 1..].iter().map(|p| io::IoSlice::new(p)));
+        let mut n = cs.write_vectored(&slices).await.unwrap();
+        assert!(n > 0);
+        calls += 1;
+        // Advance over what was taken.
+        while n > 0 || (part < parts.len() && off == parts[part].len()) {
+            let left = parts[part].len() - off;
+            let k = left.min(n);
+            (off, n) = (off + k, n - k);
+            if off == parts[part].len() {
+                (part, off) = (part + 1, 0);
+                if part == parts.len() {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(
+        calls > 1,
+        "more than the send buffer holds must take several calls"
+    );
+    cs.shutdown().await.unwrap();
+    let got = srv.await.unwrap();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the server read other bytes than were written");
+}
+
 #[tokio::test]
 async fn a_server_that_is_not_the_expected_identity_is_refused() {
     let mesh = Mesh::new();

@@ -35,7 +35,7 @@
 //! [`super::TlsProvider::accept_in_place`] and [`super::TlsProvider::connect_in_place`] refuse
 //! when TLS 1.2 is enabled.
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -1036,6 +1036,67 @@ impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
     }
 
     /// Writes the sealed records until none is left; then gives the send buffer back.
+    /// Seals as much of `bufs` as the send buffer has room for into records of up to
+    /// 16 KiB, then starts writing them; when there is no room, writes earlier records first.
+    fn poll_write_gather(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.check_writable()?;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            let taken = match self.queue_gathered(bufs, total) {
+                Ok(n) => n,
+                Err(fault) => {
+                    let e = fault.to_io();
+                    self.fail(cx, fault);
+                    return Poll::Ready(Err(e));
+                }
+            };
+            if taken > 0 {
+                // Start writing; what the socket does not take now waits for the next call.
+                if let Poll::Ready(Err(e)) = self.poll_flush_queue(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(taken));
+            }
+            ready!(self.poll_flush_queue(cx))?;
+        }
+    }
+
+    /// Copies `bufs` (`total` bytes) into as many whole records as the send buffer has room
+    /// for and seals them; returns the bytes taken.
+    fn queue_gathered(&mut self, bufs: &[IoSlice<'_>], total: usize) -> Result<usize, Fault> {
+        let mut slices = bufs.iter().map(|b| &**b);
+        let mut cur: &[u8] = &[];
+        let mut taken = 0;
+        while taken < total {
+            let len = (total - taken).min(MAX_PLAINTEXT);
+            if !self.maybe_update_tx_key(1)? || self.send_room() < HEADER + len + TRAILER {
+                break;
+            }
+            let at = self.tend + HEADER;
+            let mut filled = 0;
+            while filled < len {
+                while cur.is_empty() {
+                    // `total` counts these bytes, so a slice with some is left.
+                    cur = slices.next().expect("a slice with the bytes counted");
+                }
+                let n = cur.len().min(len - filled);
+                self.tbuf[at + filled..at + filled + n].copy_from_slice(&cur[..n]);
+                cur = &cur[n..];
+                filled += n;
+            }
+            self.seal_next(ContentType::ApplicationData, len)?;
+            taken += len;
+        }
+        Ok(taken)
+    }
+
     fn poll_flush_queue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.tstart < self.tend {
             let n =
@@ -1200,36 +1261,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for InPlaceTls<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.check_writable()?;
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        loop {
-            let mut taken = 0;
-            for chunk in buf.chunks(MAX_PLAINTEXT) {
-                let queued = this.maybe_update_tx_key(1).and_then(|room| {
-                    Ok(room && this.queue_record(ContentType::ApplicationData, chunk)?)
-                });
-                match queued {
-                    Ok(true) => taken += chunk.len(),
-                    Ok(false) => break,
-                    Err(fault) => {
-                        let e = fault.to_io();
-                        this.fail(cx, fault);
-                        return Poll::Ready(Err(e));
-                    }
-                }
-            }
-            if taken > 0 {
-                // Start writing; what the socket does not take now waits for the next call.
-                if let Poll::Ready(Err(e)) = this.poll_flush_queue(cx) {
-                    return Poll::Ready(Err(e));
-                }
-                return Poll::Ready(Ok(taken));
-            }
-            ready!(this.poll_flush_queue(cx))?;
-        }
+        self.get_mut().poll_write_gather(cx, &[IoSlice::new(buf)])
+    }
+
+    /// Like `poll_write`, gathering the slices into records (an HTTP head and its body
+    /// chunks go out in one record, copied once).
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_gather(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -8,7 +8,7 @@ use arc_swap::ArcSwapOption;
 use rustls::ServerConfig;
 use rustls::client::UnbufferedClientConnection;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::UnbufferedServerConnection;
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -29,6 +29,20 @@ pub type ServerTlsStream<S> = tokio_rustls::server::TlsStream<S>;
 
 /// A finished server-side handshake.
 pub type Accepted<S> = (ServerTlsStream<S>, SpiffeId, Option<&'static [u8]>);
+
+/// A finished server-side handshake whose records are decrypted in place
+/// ([`TlsProvider::accept_in_place_with_leaf`]).
+#[derive(Debug)]
+pub struct InPlaceAccepted<S> {
+    /// The stream, after the handshake.
+    pub stream: InPlaceTls<S>,
+    /// The client's verified identity.
+    pub peer: SpiffeId,
+    /// The negotiated ALPN protocol, if one of ours.
+    pub alpn: Option<&'static [u8]>,
+    /// The client's leaf certificate (for `X-Forwarded-Client-Cert`).
+    pub leaf: Option<CertificateDer<'static>>,
+}
 
 struct Inner {
     settings: TlsSettings,
@@ -282,13 +296,37 @@ impl TlsProvider {
         !self.inner.settings.allow_tls12
     }
 
-    /// Like [`Self::accept`], for a connection whose plaintext is only forwarded (L4): the
-    /// handshake, certificate checks and key schedule are rustls's; the records are decrypted
-    /// in place by [`InPlaceTls`]. Fails when TLS 1.2 is enabled ([`Self::in_place_supported`]).
+    /// Like [`Self::accept`], with the records decrypted and sealed in place by
+    /// [`InPlaceTls`]; the handshake, certificate checks and key schedule are rustls's. Fails
+    /// when TLS 1.2 is enabled ([`Self::in_place_supported`]).
     pub async fn accept_in_place<S>(
         &self,
-        mut stream: S,
+        stream: S,
     ) -> Result<(InPlaceTls<S>, SpiffeId, Option<&'static [u8]>), TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let a = self.accept_in_place_inner(stream, false).await?;
+        Ok((a.stream, a.peer, a.alpn))
+    }
+
+    /// Like [`Self::accept_in_place`], also returning the client's leaf certificate (an HTTP
+    /// server forwards it in `X-Forwarded-Client-Cert`).
+    pub async fn accept_in_place_with_leaf<S>(
+        &self,
+        stream: S,
+    ) -> Result<InPlaceAccepted<S>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.accept_in_place_inner(stream, true).await
+    }
+
+    async fn accept_in_place_inner<S>(
+        &self,
+        mut stream: S,
+        with_leaf: bool,
+    ) -> Result<InPlaceAccepted<S>, TlsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -308,12 +346,26 @@ impl TlsProvider {
             (_, None) => return Err(TlsError::NoCredentials),
             (Err(e), Some(_)) => return Err(e),
         };
+        let common = handshake.common();
         let peer = configs
             .verifier()
-            .peer_identity_checked(handshake.common(), OffsetDateTime::now_utc())?;
-        let alpn = known_protocol(handshake.common().alpn_protocol());
+            .peer_identity_checked(common, OffsetDateTime::now_utc())?;
+        let alpn = known_protocol(common.alpn_protocol());
+        let leaf = with_leaf
+            .then(|| {
+                common
+                    .peer_certificates()?
+                    .first()
+                    .map(|c| c.clone().into_owned())
+            })
+            .flatten();
         let stream = handshake.into_stream(stream)?;
-        Ok((stream, peer, alpn))
+        Ok(InPlaceAccepted {
+            stream,
+            peer,
+            alpn,
+            leaf,
+        })
     }
 }
 
