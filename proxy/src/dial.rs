@@ -4,9 +4,13 @@
 //! pool, upgrades and the app pools, so a timeout or a refused peer reads the same in every
 //! access log.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use warden_identity::SpiffeId;
 use warden_identity::tls::{Alpn, ClientTlsStream, InPlaceTls, TlsError, TlsProvider};
@@ -77,6 +81,24 @@ impl Dialer<'_> {
             .await
     }
 
+    /// Connects to a peer sidecar like [`Self::dial`], with the records sealed and opened in
+    /// place when TLS 1.3 is the only version ([`TlsProvider::in_place_supported`]), through
+    /// rustls's buffered stream otherwise.
+    pub async fn dial_peer(
+        &self,
+        endpoint: SocketAddr,
+        identities: &[SpiffeId],
+        alpn: Alpn,
+    ) -> Result<(PeerStream, SpiffeId), DialError> {
+        if self.tls.in_place_supported() {
+            let (s, id) = self.dial_in_place(endpoint, identities, alpn).await?;
+            Ok((PeerStream::InPlace(s), id))
+        } else {
+            let (s, id) = self.dial(endpoint, identities, alpn).await?;
+            Ok((PeerStream::Buffered(Box::new(s)), id))
+        }
+    }
+
     /// Runs the mTLS `handshake` with `endpoint` under the handshake deadline.
     async fn within<T>(
         &self,
@@ -87,6 +109,69 @@ impl Dialer<'_> {
             .await
             .map_err(|_| DialError::HandshakeTimeout(endpoint))?
             .map_err(|source| DialError::Tls { endpoint, source })
+    }
+}
+
+/// An mTLS connection to a peer sidecar ([`Dialer::dial_peer`]).
+// The in-place stream is the common case and is not boxed; rustls's (TLS 1.2 enabled) is.
+#[allow(clippy::large_enum_variant)]
+pub enum PeerStream {
+    /// Records sealed and opened in place.
+    InPlace(InPlaceTls<TcpStream>),
+    /// rustls's buffered stream.
+    Buffered(Box<ClientTlsStream<TcpStream>>),
+}
+
+/// Calls the same method on whichever stream `self` holds.
+macro_rules! either {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            PeerStream::InPlace($s) => $e,
+            PeerStream::Buffered($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        either!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        either!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        either!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            PeerStream::InPlace(s) => s.is_write_vectored(),
+            PeerStream::Buffered(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        either!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        either!(self, s => Pin::new(s).poll_shutdown(cx))
     }
 }
 

@@ -86,70 +86,51 @@ pub async fn handle(
     };
     // PERMISSIVE: TLS that is not from a mesh client (no `istio*` ALPN) is the app's own TLS
     // and passes through as plaintext, as Istio's passthrough filter chain does.
-    // Unparseable or late hellos count as mesh (the handshake then decides). The ALPN list
-    // peeked here is kept for the in-place decision below.
-    let mut peeked = None;
+    // Unparseable or late hellos count as mesh (the handshake then decides).
     let tls = match mode {
         MtlsPolicy::Strict => true,
         MtlsPolicy::Permissive if detected == Detected::Tls => {
-            let alpns = peek_client_hello_alpns(&stream, settings.detect_timeout).await;
-            let mesh = alpns
-                .as_ref()
-                .is_none_or(|a| a.iter().any(|p| is_mesh_alpn(p)));
-            peeked = Some(alpns);
-            mesh
+            peek_client_hello_alpns(&stream, settings.detect_timeout)
+                .await
+                .is_none_or(|a| a.iter().any(|p| is_mesh_alpn(p)))
         }
         _ => false,
     };
     if tls {
-        // A connection that can only be L4 (the port is declared TCP, or the client offers no
-        // HTTP ALPN, so none can be negotiated) gets records decrypted in place.
-        // The handshake timeout bounds the peek at the ClientHello too.
+        // With TLS 1.3 only, records are opened and sealed in place, for L4 and HTTP alike;
+        // with TLS 1.2 allowed, rustls's buffered connection serves both.
+        // The handshake timeout bounds the whole handshake.
         let accepted = tokio::time::timeout(settings.handshake_timeout, async {
-            let in_place = shared.tls.in_place_supported()
-                && (declared_tcp || {
-                    let alpns = match peeked {
-                        Some(alpns) => alpns,
-                        None => peek_client_hello_alpns(&stream, settings.detect_timeout).await,
-                    };
-                    !alpns.is_none_or(|a| a.iter().any(|p| is_http_alpn(p)))
+            if shared.tls.in_place_supported() {
+                let a = shared.tls.accept_in_place_with_leaf(stream).await?;
+                let http = !declared_tcp && a.alpn.is_some_and(is_http_alpn);
+                let peer_tls = http.then(|| {
+                    crate::http::PeerTls::new(&shared, a.peer.as_str(), a.leaf.as_deref())
                 });
-            if in_place {
-                let (s, id, alpn) = shared.tls.accept_in_place(stream).await?;
-                Ok((Client::InPlace(s), id, alpn))
+                Ok((Client::InPlace(a.stream), a.peer, peer_tls))
             } else {
                 let (s, id, alpn) = shared.tls.accept(stream).await?;
-                Ok::<_, warden_identity::tls::TlsError>((Client::Tls(s), id, alpn))
+                let http = !declared_tcp && alpn.is_some_and(is_http_alpn);
+                let peer_tls = http.then(|| {
+                    let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
+                    crate::http::PeerTls::new(&shared, id.as_str(), leaf.map(|c| c.as_ref()))
+                });
+                Ok::<_, warden_identity::tls::TlsError>((Client::Tls(s), id, peer_tls))
             }
         })
         .await;
         match accepted {
-            Ok(Ok((client, peer_id, alpn))) => {
+            Ok(Ok((client, peer_id, peer_tls))) => {
                 shared.metrics.tls_handshake(Reporter::Destination);
-                let principal = peer_id.as_str().to_owned();
-                let http = !declared_tcp && alpn.is_some_and(is_http_alpn);
-                match client {
-                    Client::Tls(tls_stream) if http => {
-                        let leaf = tls_stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first());
-                        let peer_tls = crate::http::PeerTls::new(
-                            &shared,
-                            &principal,
-                            leaf.map(|c| c.as_ref()),
-                        );
-                        crate::http::serve(shared.clone(), tls_stream, peer, dst, Some(peer_tls))
-                            .await;
+                match (client, peer_tls) {
+                    (Client::InPlace(s), Some(peer_tls)) => {
+                        crate::http::serve(shared.clone(), s, peer, dst, Some(peer_tls)).await;
                     }
-                    // The hello offered no HTTP protocol, so none can have been negotiated;
-                    // were one, L7 policy would be skipped: refuse (fail closed).
-                    Client::InPlace(_) if http => {
-                        tracing::warn!(%peer, %dst, "inbound: HTTP negotiated on an L4-only handshake; refused");
-                        log_refused(peer, Some(dst), None, Refusal::Handshake, start);
+                    (Client::Tls(s), Some(peer_tls)) => {
+                        crate::http::serve(shared.clone(), s, peer, dst, Some(peer_tls)).await;
                     }
-                    client => {
+                    (client, _) => {
+                        let principal = peer_id.as_str().to_owned();
                         serve(
                             &shared,
                             &policy.compiled,

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
-use warden_identity::tls::{ClientTlsStream, InPlaceTls};
 
 use warden_policy::registry::Protocol;
 
 use crate::config::OutboundTrafficPolicy;
 use crate::detect::{Detected, detect};
-use crate::dial::{DialError, Dialer};
+use crate::dial::{DialError, Dialer, PeerStream};
 use crate::l4;
 use crate::metrics::{Reporter, TcpLabels};
 use crate::state::Shared;
@@ -84,19 +83,7 @@ pub async fn handle(
                 handshake_timeout: shared.config.inbound.handshake_timeout,
             };
             let identities = svc.identities();
-            // Only forwarded, so the records are sealed and opened in place when TLS 1.3 is
-            // the only version (rustls's buffered stream otherwise).
-            let dialed = if shared.tls.in_place_supported() {
-                dialer
-                    .dial_in_place(endpoint, identities, svc.alpn())
-                    .await
-                    .map(|(s, id)| (Upstream::InPlace(s), id))
-            } else {
-                dialer
-                    .dial(endpoint, identities, svc.alpn())
-                    .await
-                    .map(|(s, id)| (Upstream::Tls(Box::new(s)), id))
-            };
+            let dialed = dialer.dial_peer(endpoint, identities, svc.alpn()).await;
             let (upstream, server_id) = match dialed {
                 Ok(v) => {
                     shared.metrics.tls_handshake(Reporter::Source);
@@ -117,10 +104,10 @@ pub async fn handle(
             counters.opened();
             let limits = l4::ForwardLimits::of(&shared);
             let r = match upstream {
-                Upstream::InPlace(u) => {
+                PeerStream::InPlace(u) => {
                     l4::forward_sealing(client, u, counters.clone(), limits).await
                 }
-                Upstream::Tls(u) => l4::forward(client, u, counters.clone(), limits).await,
+                PeerStream::Buffered(u) => l4::forward(client, u, counters.clone(), limits).await,
             };
             counters.closed();
             let (tx, rx) = r.as_ref().map(|r| *r).unwrap_or((0, 0));
@@ -175,14 +162,6 @@ pub async fn handle(
             access(peer, Some(dst), "-", "none", "passthrough", tx, rx, start);
         }
     }
-}
-
-/// A mesh upstream: in-place records, or rustls's buffered stream (TLS 1.2 enabled, boxed as
-/// the rare case; the in-place one is not, as it is the common case).
-#[allow(clippy::large_enum_variant)]
-enum Upstream {
-    InPlace(InPlaceTls<TcpStream>),
-    Tls(Box<ClientTlsStream<TcpStream>>),
 }
 
 fn upstream_failed(

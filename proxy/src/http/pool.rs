@@ -257,7 +257,9 @@ impl PeerPool {
             connect_timeout: self.connect_timeout,
             handshake_timeout: self.connect_timeout,
         };
-        let (stream, peer) = dialer.dial(endpoint, &slot.identities, Alpn::Http2).await?;
+        let (stream, peer) = dialer
+            .dial_peer(endpoint, &slot.identities, Alpn::Http2)
+            .await?;
         self.handshakes.fetch_add(1, Ordering::Relaxed);
         self.handshake(stream, endpoint, slot, peer.as_str().into())
             .await
