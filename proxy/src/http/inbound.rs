@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -401,22 +401,22 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         .declared_h2
         .unwrap_or(exchange.grpc || (conn.tls.is_none() && downstream_version == Version::HTTP_2));
     // HTTP/2 keeps the request's authority (the pooled connection is the app's); HTTP/1.1
-    // carries it in Host and the client pool is keyed by the app address.
-    let authority = match h2
-        .then(|| http::uri::Authority::try_from(&*exchange.authority).ok())
-        .flatten()
-    {
-        Some(a) => a,
-        None => conn.app_authority.clone(),
+    // sends the origin form and carries the authority in Host.
+    let uri = if h2 {
+        let authority = http::uri::Authority::try_from(&*exchange.authority)
+            .unwrap_or_else(|_| conn.app_authority.clone());
+        Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(pq)
+            .build()
+            .ok()
+    } else {
+        Uri::try_from(pq).ok()
     };
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(pq)
-        .build()
-    {
-        Ok(u) => u,
-        Err(_) => return local(exchange, text(StatusCode::BAD_REQUEST, "Bad Request"), "-"),
+    parts.uri = match uri {
+        Some(u) => u,
+        None => return local(exchange, text(StatusCode::BAD_REQUEST, "Bad Request"), "-"),
     };
     parts.version = if h2 {
         Version::HTTP_2
@@ -427,13 +427,15 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     let upstream_req = Request::from_parts(parts, body);
     exchange.upstream = Some(conn.app);
     let result = if h2 {
-        send_h2(conn, upstream_req).await
+        send_h2(conn, upstream_req)
+            .await
+            .map(|r| r.map(Either::Right))
     } else {
         l7.app
-            .h1()
-            .request(upstream_req)
+            .send_h1(conn.app, upstream_req)
             .await
-            .map_err(|e| (UpstreamFailure::of_client_error(&e), e.to_string()))
+            .map(|r| r.map(Either::Left))
+            .map_err(|e| (UpstreamFailure::of_h1(&e), e.to_string()))
     };
     match result {
         Ok(mut resp) => {

@@ -16,6 +16,7 @@
 //! header edits and a boxed body.
 
 pub mod ext_authz;
+pub mod h1pool;
 pub mod inbound;
 pub mod jwt;
 pub mod mesh_h1;
@@ -33,9 +34,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use inbound::{PeerTls, serve};
 
@@ -148,23 +146,18 @@ impl L7 {
     }
 }
 
-/// Pooled HTTP/1.1 clients to the app, from the configured source address, keep-alive with an
-/// idle timeout and a bound on idle connections. (Apps that speak HTTP/2 get one multiplexed
-/// connection per port from [`pool::PeerPool::get_app`].)
-#[derive(Clone)]
+/// Pooled HTTP/1.1 connections to the app, from the configured source address, keep-alive
+/// with an idle timeout and a bound on idle connections. (Apps that speak HTTP/2 get one
+/// multiplexed connection per port from [`pool::PeerPool::get_app`].)
+#[derive(Debug)]
 pub struct AppClients {
-    /// HTTP/1.1 (with upgrades), one pool per worker thread (see [`AppClients::h1`]).
-    per_worker: std::sync::Arc<[Client<HttpConnector, Body>]>,
-}
-
-impl std::fmt::Debug for AppClients {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AppClients")
-    }
+    pool: std::sync::Arc<h1pool::H1Pool>,
+    source: std::net::IpAddr,
+    connect_timeout: std::time::Duration,
 }
 
 impl AppClients {
-    /// Clients binding `source` (127.0.0.6) with `connect_timeout`.
+    /// Connections binding `source` (127.0.0.6) with `connect_timeout`.
     pub fn new(
         source: std::net::IpAddr,
         connect_timeout: std::time::Duration,
@@ -172,25 +165,48 @@ impl AppClients {
         max_idle_per_host: usize,
         workers: usize,
     ) -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_local_address(Some(source));
-        conn.set_connect_timeout(Some(connect_timeout));
-        conn.set_nodelay(true);
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_timer(TokioTimer::new())
-            .pool_idle_timeout(idle_timeout)
-            .pool_max_idle_per_host(max_idle_per_host)
-            // Bodies stream: a request whose body has started cannot be replayed.
-            .retry_canceled_requests(false);
         Self {
-            per_worker: (0..workers.max(1)).map(|_| b.build(conn.clone())).collect(),
+            pool: std::sync::Arc::new(h1pool::H1Pool::new(
+                workers,
+                idle_timeout,
+                max_idle_per_host,
+            )),
+            source,
+            connect_timeout,
         }
     }
 
-    /// The HTTP/1.1 client of the calling worker thread: its pooled connections are driven
-    /// by this thread's runtime, so reusing one never wakes another thread.
-    pub fn h1(&self) -> &Client<HttpConnector, Body> {
-        &self.per_worker[crate::worker::index() % self.per_worker.len()]
+    /// Idle connections held (for tests).
+    pub fn idle_count(&self) -> usize {
+        self.pool.idle_count()
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to the app at `app` over HTTP/1.1, on a
+    /// pooled connection of the calling worker or a new one (with upgrades: a `101` response
+    /// hands the connection to the upgrade).
+    pub async fn send_h1(
+        &self,
+        app: std::net::SocketAddr,
+        req: http::Request<Body>,
+    ) -> Result<Response<h1pool::PooledBody>, h1pool::H1Error> {
+        let connect = || async {
+            let tcp = crate::dial::connect(app, Some(self.source), self.connect_timeout).await?;
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .map_err(|source| h1pool::H1Error::Handshake {
+                        endpoint: app,
+                        source,
+                    })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(%app, error = %e, "app HTTP/1.1 connection ended with an error");
+                }
+            });
+            Ok::<h1pool::Connected, h1pool::H1Error>((send, std::sync::Arc::from("")))
+        };
+        let (resp, _) = self.pool.send(app, &[], req, connect).await?;
+        Ok(resp)
     }
 }
 
@@ -290,12 +306,14 @@ pub enum UpstreamFailure {
 }
 
 impl UpstreamFailure {
-    /// Classifies a legacy-client error.
-    pub fn of_client_error(e: &hyper_util::client::legacy::Error) -> Self {
-        if e.is_connect() {
-            return UpstreamFailure::Connect;
+    /// Classifies an error from a pooled HTTP/1.1 connection.
+    pub fn of_h1(e: &h1pool::H1Error) -> Self {
+        match e {
+            h1pool::H1Error::Connect(_) | h1pool::H1Error::Handshake { .. } => {
+                UpstreamFailure::Connect
+            }
+            h1pool::H1Error::Http(e) => Self::of_hyper(e),
         }
-        Self::of_source(e.source())
     }
 
     /// Classifies a hyper error (from a connection-level client).
@@ -304,13 +322,6 @@ impl UpstreamFailure {
             UpstreamFailure::Protocol
         } else {
             UpstreamFailure::Reset
-        }
-    }
-
-    fn of_source(src: Option<&(dyn StdError + 'static)>) -> Self {
-        match src.and_then(|s| s.downcast_ref::<hyper::Error>()) {
-            Some(h) => Self::of_hyper(h),
-            None => UpstreamFailure::Reset,
         }
     }
 

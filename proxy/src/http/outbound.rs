@@ -19,7 +19,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use warden_identity::tls::Alpn;
 
-use super::mesh_h1::PeerIdentity;
 use super::prefetch;
 use super::record::{Exchange, RecordedBody, access_log_enabled};
 use super::{Body, UpstreamFailure, is_grpc, is_upgrade, strip_hop_by_hop, text};
@@ -224,11 +223,14 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
 
 /// The peer sidecar's response, on its way to the app: hop-by-hop headers dropped, small
 /// bodies prefetched, the app's HTTP version, recorded when its body ends.
-async fn forward(
-    mut resp: Response<Incoming>,
+async fn forward<B>(
+    mut resp: Response<B>,
     downstream_version: Version,
     mut exchange: Box<Exchange>,
-) -> Response<Body> {
+) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = hyper::Error> + Unpin + Send + Sync + 'static,
+{
     strip_hop_by_hop(resp.headers_mut(), false);
     let mut resp = prefetch::first_frame(resp).await;
     *resp.version_mut() = downstream_version;
@@ -246,39 +248,33 @@ async fn send_h1(
     mut parts: http::request::Parts,
     body: Body,
 ) -> Response<Body> {
-    let client = conn
-        .shared
-        .l7
-        .mesh_h1
-        .client(&conn.shared, service.identities());
-    // The pool is keyed by the endpoint in the URI; the request line carries the path only
-    // and `Host` the original authority (set above).
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(endpoint.to_string())
-        .path_and_query(&*exchange.path)
-        .build()
-    {
+    // The request line carries the path only and `Host` the original authority (set above).
+    parts.uri = match Uri::try_from(&*exchange.path) {
         Ok(u) => u,
         Err(_) => return local(exchange, text(StatusCode::BAD_REQUEST, "Bad Request"), "-"),
     };
     let downstream_version = parts.version;
     parts.version = Version::HTTP_11;
-    match client.request(Request::from_parts(parts, body)).await {
-        Ok(resp) => {
-            if let Some(peer) = resp.extensions().get::<PeerIdentity>() {
-                exchange.series = conn.series(Some(&peer.0));
-            }
+    let shared = &conn.shared;
+    let sent = shared
+        .l7
+        .mesh_h1
+        .send(
+            shared,
+            endpoint,
+            service.identities(),
+            Request::from_parts(parts, body),
+        )
+        .await;
+    match sent {
+        Ok((resp, peer)) => {
+            exchange.series = conn.series(Some(&peer));
             forward(resp, downstream_version, exchange).await
         }
         Err(e) => {
-            let failure = UpstreamFailure::of_client_error(&e);
-            let detail = match std::error::Error::source(&e) {
-                Some(src) => src.to_string(),
-                None => e.to_string(),
-            };
-            tracing::info!(dst = %conn.dst, %endpoint, error = %detail, "outbound HTTP: request to the peer failed");
-            exchange.detail = detail.into();
+            let failure = UpstreamFailure::of_h1(&e);
+            tracing::info!(dst = %conn.dst, %endpoint, error = %e, "outbound HTTP: request to the peer failed");
+            exchange.detail = e.to_string().into();
             local(exchange, failure.response(), failure.flag())
         }
     }
@@ -303,7 +299,7 @@ async fn upgrade_request(
             handshake_timeout: shared.config.connect_timeout,
         };
         let (tls, peer) = dialer
-            .dial(endpoint, service.identities(), Alpn::Http11)
+            .dial_peer(endpoint, service.identities(), Alpn::Http11)
             .await
             .map_err(|e| e.to_string())?;
         let (send, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
