@@ -103,14 +103,14 @@ pub async fn handle(
         let accepted = tokio::time::timeout(settings.handshake_timeout, async {
             if shared.tls.in_place_supported() {
                 let a = shared.tls.accept_in_place_with_leaf(stream).await?;
-                let http = !declared_tcp && a.alpn.is_some_and(is_http_alpn);
+                let http = !declared_tcp && warden_identity::tls::alpn::is_http(a.alpn);
                 let peer_tls = http.then(|| {
                     crate::http::PeerTls::new(&shared, a.peer.as_str(), a.leaf.as_deref())
                 });
                 Ok((Client::InPlace(a.stream), a.peer, peer_tls))
             } else {
                 let (s, id, alpn) = shared.tls.accept(stream).await?;
-                let http = !declared_tcp && alpn.is_some_and(is_http_alpn);
+                let http = !declared_tcp && warden_identity::tls::alpn::is_http(alpn);
                 let peer_tls = http.then(|| {
                     let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
                     crate::http::PeerTls::new(&shared, id.as_str(), leaf.map(|c| c.as_ref()))
@@ -161,21 +161,7 @@ pub async fn handle(
     }
 }
 
-/// Whether a negotiated ALPN protocol carries HTTP.
-fn is_http_alpn(p: &[u8]) -> bool {
-    use warden_identity::tls::alpn;
-    [
-        alpn::ISTIO_HTTP10,
-        alpn::ISTIO_HTTP11,
-        alpn::ISTIO_H2,
-        alpn::HTTP10,
-        alpn::HTTP11,
-        alpn::H2,
-    ]
-    .contains(&p)
-}
-
-/// An inbound connection on the L4 path.
+/// An accepted inbound connection: plaintext, or mTLS through either stream.
 // Moved once into the forwarding future, which holds the stream whichever variant it is:
 // boxing the large one would only add an allocation.
 #[allow(clippy::large_enum_variant)]

@@ -75,6 +75,13 @@ pub fn known_protocol(negotiated: Option<&[u8]>) -> Option<&'static [u8]> {
     SERVER_PROTOCOLS.iter().copied().find(|known| *known == p)
 }
 
+/// Whether a negotiated protocol carries HTTP (Istio's `istio-http/*` and `istio-h2`, or the
+/// plain HTTP ones).
+pub fn is_http(negotiated: Option<&[u8]>) -> bool {
+    negotiated
+        .is_some_and(|p| [ISTIO_HTTP10, ISTIO_HTTP11, ISTIO_H2, HTTP10, HTTP11, H2].contains(&p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +97,7 @@ mod tests {
         assert_eq!(known_protocol(Some(b"istio-h2")), Some(ISTIO_H2));
         assert_eq!(known_protocol(Some(b"spdy/3")), None);
         assert_eq!(known_protocol(None), None);
+        assert!(is_http(Some(ISTIO_HTTP11)) && is_http(Some(H2)));
+        assert!(!is_http(Some(ISTIO)) && !is_http(Some(ISTIO_PEER_EXCHANGE)) && !is_http(None));
     }
 }

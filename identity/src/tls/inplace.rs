@@ -65,16 +65,21 @@ const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 const TAG: usize = 16;
 /// After a record's plaintext: the inner content type, then the tag.
 const TRAILER: usize = 1 + TAG;
+/// Plaintext of one full record as we send it: four such records (65,480 bytes) fit one
+/// 64 KiB TCP segment on loopback (MSS 65,483 with timestamps), so a `send` of four full
+/// records is one segment. Four of 16 KiB each (65,624 bytes) were a full segment and a
+/// 141-byte one per `send`, which cost more than the bigger sends saved.
+const SEND_PLAINTEXT: usize = 16348;
 /// One full record as we send it.
-const SLOT: usize = HEADER + MAX_PLAINTEXT + TRAILER;
+const SLOT: usize = HEADER + SEND_PLAINTEXT + TRAILER;
 /// Records lent to a writer at most at once ([`InPlaceTls::poll_lend`]).
-pub const SLOTS: usize = 2;
-/// Receive and send buffers while data flows: two full records (32 KiB). The receive buffer
-/// always has room for the largest record a peer may send. Two beat four (64 KiB) and one in
-/// TCP throughput through a pair of sidecars (docs/benchmarks.md): the records being sealed or
-/// opened stay in the L1 cache between the socket copy and the cipher, and still two go out
-/// per `send`.
-const BUFFER: usize = SLOTS * SLOT;
+pub const SLOTS: usize = 4;
+/// Receive and send buffers while data flows on a forwarded (L4) stream: four records. The
+/// receive buffer always has room for the largest record a peer may send.
+const LARGE: usize = SLOTS * SLOT;
+/// The same on an HTTP stream (its ALPN protocol is HTTP), whose messages are small: two
+/// records, so busy HTTP connections hold half the memory.
+const SMALL: usize = 2 * SLOT;
 /// Handshake bytes buffered at most (rustls caps a handshake message at 64 KiB).
 const MAX_HANDSHAKE_BUFFER: usize = 64 * 1024 + HEADER + MAX_CIPHERTEXT;
 /// Application data decrypted by rustls during the handshake (it arrived with the peer's
@@ -91,30 +96,36 @@ const KEY_UPDATE: u8 = 24;
 mod pool {
     use std::cell::RefCell;
 
-    /// A receive and a send buffer for a few busy connections per worker thread.
+    /// Receive and send buffers for a few busy connections per worker thread, per size.
     const KEEP: usize = 8;
 
     thread_local! {
-        static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+        static FREE: RefCell<[Vec<Box<[u8]>>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
     }
 
-    /// A buffer of [`super::BUFFER`] bytes: a kept one, or a new one.
-    pub(super) fn take() -> Box<[u8]> {
-        FREE.try_with(|f| f.borrow_mut().pop())
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| vec![0u8; super::BUFFER].into_boxed_slice())
+    fn class(size: usize) -> Option<usize> {
+        match size {
+            super::SMALL => Some(0),
+            super::LARGE => Some(1),
+            _ => None,
+        }
+    }
+
+    /// A buffer of `size` bytes ([`super::SMALL`] or [`super::LARGE`]): a kept one, or a new
+    /// one.
+    pub(super) fn take(size: usize) -> Box<[u8]> {
+        class(size)
+            .and_then(|c| FREE.try_with(|f| f.borrow_mut()[c].pop()).ok().flatten())
+            .unwrap_or_else(|| vec![0u8; size].into_boxed_slice())
     }
 
     /// Gives `buf` back (when it is one of ours): kept, or freed when enough are kept.
     pub(super) fn give(buf: Box<[u8]>) {
-        if buf.len() != super::BUFFER {
-            return;
-        }
+        let Some(c) = class(buf.len()) else { return };
         let _ = FREE.try_with(|f| {
-            let mut f = f.borrow_mut();
-            if f.len() < KEEP {
-                f.push(buf);
+            let list = &mut f.borrow_mut()[c];
+            if list.len() < KEEP {
+                list.push(buf);
             }
         });
     }
@@ -386,6 +397,7 @@ impl<C: Side> Handshake<C> {
 
     /// Takes over the record layer: the stream reads and writes on `io`.
     pub(crate) fn into_stream<S>(self, io: S) -> Result<InPlaceTls<S>, TlsError> {
+        let http = super::alpn::is_http(self.conn.common().alpn_protocol());
         let (secrets, kernel) = self.conn.into_kernel().map_err(TlsError::from_rustls)?;
         if kernel.protocol_version() != ProtocolVersion::TLSv1_3 {
             return Err(not_tls13());
@@ -395,10 +407,11 @@ impl<C: Side> Handshake<C> {
         };
         let rx = decrypter(suite, secrets.rx.1).map_err(TlsError::from_rustls)?;
         let tx = Sealer::new(secrets.tx.1).map_err(TlsError::from_rustls)?;
+        let size = if http { SMALL } else { LARGE };
         let (rend, rbuf) = match self.buf.len() {
             0 => (0, Box::default()),
-            n if n <= BUFFER => {
-                let mut b = pool::take();
+            n if n <= size => {
+                let mut b = pool::take(size);
                 b[..n].copy_from_slice(&self.buf);
                 (n, b)
             }
@@ -432,6 +445,7 @@ impl<C: Side> Handshake<C> {
             tbuf: Box::default(),
             tstart: 0,
             tend: 0,
+            size,
             lent: 0,
             close_sent: false,
             failed: None,
@@ -687,6 +701,8 @@ pub struct InPlaceTls<S> {
     tbuf: Box<[u8]>,
     tstart: usize,
     tend: usize,
+    /// Size of the receive and send buffers while data flows ([`SMALL`] or [`LARGE`]).
+    size: usize,
     /// Slots lent by the last [`Self::poll_lend`] (0: none).
     lent: usize,
     close_sent: bool,
@@ -914,7 +930,7 @@ impl<S> InPlaceTls<S> {
             self.tend = 0;
         }
         if self.tbuf.is_empty() {
-            self.tbuf = pool::take();
+            self.tbuf = pool::take(self.size);
         }
         self.tbuf.len() - self.tend
     }
@@ -1006,7 +1022,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
             self.rend = 0;
         }
         if self.rbuf.is_empty() {
-            self.rbuf = pool::take();
+            self.rbuf = pool::take(self.size);
         }
         // Move a partial record to the front only when a whole one might not fit after it.
         if self.rbuf.len() - self.rend < HEADER + MAX_CIPHERTEXT {
@@ -1075,7 +1091,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
         let mut cur: &[u8] = &[];
         let mut taken = 0;
         while taken < total {
-            let len = (total - taken).min(MAX_PLAINTEXT);
+            let len = (total - taken).min(SEND_PLAINTEXT);
             if !self.maybe_update_tx_key(1)? || self.send_room() < HEADER + len + TRAILER {
                 break;
             }
@@ -1120,7 +1136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
     pub fn poll_lend(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<SendSlots<'_>>> {
         self.check_writable()?;
         loop {
-            match self.maybe_update_tx_key(SLOTS as u64) {
+            match self.maybe_update_tx_key((self.size / SLOT) as u64) {
                 Ok(true) => {}
                 Ok(false) => {
                     ready!(self.poll_flush_queue(cx))?;
@@ -1139,7 +1155,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
         }
         let mut chunks = self.tbuf[self.tend..].chunks_exact_mut(SLOT);
         let slots: [IoSliceMut<'_>; SLOTS] = std::array::from_fn(|_| match chunks.next() {
-            Some(c) => IoSliceMut::new(&mut c[HEADER..HEADER + MAX_PLAINTEXT]),
+            Some(c) => IoSliceMut::new(&mut c[HEADER..HEADER + SEND_PLAINTEXT]),
             None => IoSliceMut::new(&mut []),
         });
         let count = slots.iter().filter(|s| !s.is_empty()).count();
@@ -1162,7 +1178,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
     /// records (each slot but the last filled one full). They are written by the next
     /// [`Self::poll_lend`], [`AsyncWrite::poll_flush`] or shutdown.
     pub fn commit(&mut self, n: usize) -> io::Result<()> {
-        if n > self.lent * MAX_PLAINTEXT {
+        if n > self.lent * SEND_PLAINTEXT {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -1174,7 +1190,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
         self.lent = 0;
         let mut left = n;
         while left > 0 {
-            let len = left.min(MAX_PLAINTEXT);
+            let len = left.min(SEND_PLAINTEXT);
             left -= len;
             if let Err(fault) = self.seal_next(ContentType::ApplicationData, len) {
                 let e = fault.to_io();
