@@ -1,13 +1,14 @@
-//! A TLS 1.3 stream for forwarded (L4) traffic whose records are opened and sealed in place,
-//! on either side of the connection:
+//! A TLS 1.3 stream whose records are opened and sealed in place, on either side of the
+//! connection (the sidecar uses it for L4 and HTTP):
 //! - a reader gets the plaintext inside the buffer the ciphertext was read into, with no
 //!   further copy (rustls's buffered connection copies each record into a plaintext queue and
 //!   again into the reader's buffer, and reads 4 KiB at a time);
 //! - a writer can borrow the plaintext slots of the next records ([`InPlaceTls::poll_lend`]),
-//!   read the bytes to send straight into them (one vectored read fills up to two records),
+//!   read the bytes to send straight into them (one vectored read fills up to four records),
 //!   and [`InPlaceTls::commit`] seals them where they lie: the records go to the socket in one
 //!   write with no copy (rustls copies each record's plaintext before sealing it).
-//!   [`AsyncWrite`] is there too, for writers that have their bytes elsewhere (one copy).
+//!   [`AsyncWrite`] is there too, for writers that have their bytes elsewhere (one copy;
+//!   vectored writes are gathered into records).
 //!
 //! rustls still does everything but the record layer: the handshake (its unbuffered server or
 //! client connection, driven by [`handshake`]), the certificate checks, session tickets, and
@@ -92,7 +93,7 @@ const NEW_SESSION_TICKET: u8 = 4;
 const KEY_UPDATE: u8 = 24;
 
 /// Buffers given back by idle streams, kept per thread for the next busy one (allocating and
-/// zeroing 32 KiB each time a connection wakes up would cost more than the copy it saves).
+/// zeroing 32 or 64 KiB each time a connection wakes up would cost more than the copy it saves).
 mod pool {
     use std::cell::RefCell;
 
@@ -415,7 +416,7 @@ impl<C: Side> Handshake<C> {
                 b[..n].copy_from_slice(&self.buf);
                 (n, b)
             }
-            // More than two records came with the peer's last flight: keep them all.
+            // More than a buffer came with the peer's last flight: keep it all.
             n => {
                 let mut b = self.buf;
                 b.resize(n + HEADER + MAX_CIPHERTEXT, 0);
@@ -1129,7 +1130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Lends the plaintext slots of the next records (up to two of 16 KiB), once earlier
+    /// Lends the plaintext slots of the next records (up to four of 16,348 bytes), once earlier
     /// records are written far enough to make room, and our KeyUpdate is queued when one is
     /// due. Fill them in order, then [`Self::commit`] the bytes written; until then nothing
     /// else may be written.
