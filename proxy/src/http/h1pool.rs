@@ -27,6 +27,7 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use warden_identity::SpiffeId;
 
 use super::Body;
@@ -214,6 +215,23 @@ impl H1Pool {
     }
 }
 
+/// The HTTP/1.1 client handshake on a new connection to `endpoint`. Its connection task (with
+/// upgrades, so a `101` hands the connection over) is spawned on the calling worker.
+pub async fn handshake<T>(io: T, endpoint: SocketAddr) -> Result<SendRequest<Body>, H1Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| H1Error::Handshake { endpoint, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%endpoint, error = %e, "HTTP/1.1 connection ended with an error");
+        }
+    });
+    Ok(send)
+}
+
 fn lock(m: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -300,7 +318,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http_body_util::BodyExt;
-    use hyper_util::rt::TokioIo;
     use tokio::net::{TcpListener, TcpStream};
     use warden_identity::TrustDomain;
 
@@ -353,14 +370,7 @@ mod tests {
                 endpoint: addr,
                 source,
             })?;
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|source| H1Error::Handshake {
-                endpoint: addr,
-                source,
-            })?;
-        tokio::spawn(conn);
-        Ok((send, Arc::from("peer")))
+        Ok((handshake(tcp, addr).await?, Arc::from("peer")))
     }
 
     fn get(path: &str) -> Request<Body> {

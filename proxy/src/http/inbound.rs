@@ -20,7 +20,6 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use warden_policy::jwt::{JwtFailure, JwtOutcome, RequestView};
 use warden_policy::registry::Protocol;
@@ -480,14 +479,9 @@ async fn connect_app(
         let tcp = crate::inbound::connect_app(shared, conn.app)
             .await
             .map_err(|e| e.to_string())?;
-        let (send, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let send = super::h1pool::handshake(tcp, conn.app)
             .await
             .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            if let Err(e) = c.with_upgrades().await {
-                tracing::debug!(error = %e, "inbound CONNECT connection ended with an error");
-            }
-        });
         Ok::<_, String>(send)
     }
     .await;

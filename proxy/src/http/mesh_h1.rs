@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper_util::rt::TokioIo;
 use warden_identity::SpiffeId;
 use warden_identity::tls::Alpn;
 
 use super::Body;
-use super::h1pool::{Connected, H1Error, H1Pool, PooledBody};
+use super::h1pool::{Connected, H1Error, H1Pool, PooledBody, handshake};
 use crate::dial::Dialer;
 use crate::metrics::Reporter;
 use crate::state::Shared;
@@ -66,14 +65,7 @@ impl MeshH1 {
             };
             let (tls, peer) = dialer.dial_peer(endpoint, identities, Alpn::Http11).await?;
             shared.metrics.tls_handshake(Reporter::Source);
-            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|source| H1Error::Handshake { endpoint, source })?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%endpoint, error = %e, "peer HTTP/1.1 connection ended with an error");
-                }
-            });
+            let send = handshake(tls, endpoint).await?;
             Ok::<Connected, H1Error>((send, peer.as_str().into()))
         };
         self.pool.send(endpoint, identities, req, connect).await

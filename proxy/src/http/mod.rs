@@ -191,18 +191,7 @@ impl AppClients {
     ) -> Result<Response<h1pool::PooledBody>, h1pool::H1Error> {
         let connect = || async {
             let tcp = crate::dial::connect(app, Some(self.source), self.connect_timeout).await?;
-            let (send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                    .await
-                    .map_err(|source| h1pool::H1Error::Handshake {
-                        endpoint: app,
-                        source,
-                    })?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(%app, error = %e, "app HTTP/1.1 connection ended with an error");
-                }
-            });
+            let send = h1pool::handshake(tcp, app).await?;
             Ok::<h1pool::Connected, h1pool::H1Error>((send, std::sync::Arc::from("")))
         };
         let (resp, _) = self.pool.send(app, &[], req, connect).await?;

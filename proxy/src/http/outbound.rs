@@ -15,7 +15,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use warden_identity::tls::Alpn;
 
@@ -302,14 +301,9 @@ async fn upgrade_request(
             .dial_peer(endpoint, service.identities(), Alpn::Http11)
             .await
             .map_err(|e| e.to_string())?;
-        let (send, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        let send = super::h1pool::handshake(tls, endpoint)
             .await
             .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            if let Err(e) = c.with_upgrades().await {
-                tracing::debug!(error = %e, "outbound upgrade connection ended with an error");
-            }
-        });
         Ok::<_, String>((send, Arc::<str>::from(peer.as_str())))
     }
     .await;
