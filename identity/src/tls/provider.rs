@@ -40,7 +40,8 @@ pub struct InPlaceAccepted<S> {
     pub peer: SpiffeId,
     /// The negotiated ALPN protocol, if one of ours.
     pub alpn: Option<&'static [u8]>,
-    /// The client's leaf certificate (for `X-Forwarded-Client-Cert`).
+    /// The client's leaf certificate when the negotiated protocol is HTTP (for
+    /// `X-Forwarded-Client-Cert`).
     pub leaf: Option<CertificateDer<'static>>,
 }
 
@@ -310,8 +311,9 @@ impl TlsProvider {
         Ok((a.stream, a.peer, a.alpn))
     }
 
-    /// Like [`Self::accept_in_place`], also returning the client's leaf certificate (an HTTP
-    /// server forwards it in `X-Forwarded-Client-Cert`).
+    /// Like [`Self::accept_in_place`], also returning the client's leaf certificate when the
+    /// negotiated protocol is HTTP (the HTTP server forwards it in `X-Forwarded-Client-Cert`;
+    /// an L4 connection needs no copy of it).
     pub async fn accept_in_place_with_leaf<S>(
         &self,
         stream: S,
@@ -351,7 +353,7 @@ impl TlsProvider {
             .verifier()
             .peer_identity_checked(common, OffsetDateTime::now_utc())?;
         let alpn = known_protocol(common.alpn_protocol());
-        let leaf = with_leaf
+        let leaf = (with_leaf && super::alpn::is_http(alpn))
             .then(|| {
                 common
                     .peer_certificates()?
