@@ -10,6 +10,7 @@ use warden_identity::tls::{InPlaceTls, ServerTlsStream};
 use warden_policy::{ConnectionContext, MtlsPolicy, NoExtAuthz, Request};
 
 use crate::detect::{Detected, detect, is_mesh_alpn, peek_client_hello_alpns};
+use crate::http::Speaks;
 use crate::l4;
 use crate::metrics::{Reporter, TcpLabels};
 use crate::state::Shared;
@@ -105,7 +106,8 @@ pub async fn handle(
                 let a = shared.tls.accept_in_place_with_leaf(stream).await?;
                 let http = !declared_tcp && warden_identity::tls::alpn::is_http(a.alpn);
                 let peer_tls = http.then(|| {
-                    crate::http::PeerTls::new(&shared, a.peer.as_str(), a.leaf.as_deref())
+                    let t = crate::http::PeerTls::new(&shared, a.peer.as_str(), a.leaf.as_deref());
+                    (t, Speaks::from_alpn(a.alpn))
                 });
                 Ok((Client::InPlace(a.stream), a.peer, peer_tls))
             } else {
@@ -113,7 +115,9 @@ pub async fn handle(
                 let http = !declared_tcp && warden_identity::tls::alpn::is_http(alpn);
                 let peer_tls = http.then(|| {
                     let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
-                    crate::http::PeerTls::new(&shared, id.as_str(), leaf.map(|c| c.as_ref()))
+                    let t =
+                        crate::http::PeerTls::new(&shared, id.as_str(), leaf.map(|c| c.as_ref()));
+                    (t, Speaks::from_alpn(alpn))
                 });
                 Ok::<_, warden_identity::tls::TlsError>((Client::Tls(s), id, peer_tls))
             }
@@ -123,11 +127,13 @@ pub async fn handle(
             Ok(Ok((client, peer_id, peer_tls))) => {
                 shared.metrics.tls_handshake(Reporter::Destination);
                 match (client, peer_tls) {
-                    (Client::InPlace(s), Some(peer_tls)) => {
-                        crate::http::serve(shared.clone(), s, peer, dst, Some(peer_tls)).await;
+                    (Client::InPlace(s), Some((peer_tls, speaks))) => {
+                        crate::http::serve(shared.clone(), s, speaks, peer, dst, Some(peer_tls))
+                            .await;
                     }
-                    (Client::Tls(s), Some(peer_tls)) => {
-                        crate::http::serve(shared.clone(), s, peer, dst, Some(peer_tls)).await;
+                    (Client::Tls(s), Some((peer_tls, speaks))) => {
+                        crate::http::serve(shared.clone(), s, speaks, peer, dst, Some(peer_tls))
+                            .await;
                     }
                     (client, _) => {
                         let principal = peer_id.as_str().to_owned();
@@ -154,7 +160,12 @@ pub async fn handle(
             }
         }
     } else if !declared_tcp && matches!(detected, Detected::Http1 | Detected::Http2) {
-        crate::http::serve(shared.clone(), stream, peer, dst, None).await;
+        let speaks = if detected == Detected::Http1 {
+            Speaks::Http1
+        } else {
+            Speaks::Any
+        };
+        crate::http::serve(shared.clone(), stream, speaks, peer, dst, None).await;
     } else {
         let client = Client::Plain(stream);
         serve(&shared, &policy.compiled, client, peer, dst, None, start).await;

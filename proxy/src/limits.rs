@@ -253,6 +253,18 @@ impl Limits {
             .max_send_buf_size(self.connection_buffer_bytes as usize);
         b
     }
+
+    /// An HTTP/1-only server builder with the same HTTP/1 limits as
+    /// [`Limits::http_server_builder`], for connections whose protocol ALPN or sniffing
+    /// already established: no version detection, no rewind wrapper on every read.
+    pub fn http1_server_builder(&self) -> hyper::server::conn::http1::Builder {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(self.request_headers_timeout)
+            .max_buf_size(self.max_request_headers_bytes as usize)
+            .max_headers(self.max_request_headers_count);
+        b
+    }
 }
 
 /// Which capture listener.

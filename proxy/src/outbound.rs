@@ -12,6 +12,7 @@ use warden_policy::registry::Protocol;
 use crate::config::OutboundTrafficPolicy;
 use crate::detect::{Detected, detect};
 use crate::dial::{DialError, Dialer, PeerStream};
+use crate::http::Speaks;
 use crate::l4;
 use crate::metrics::{Reporter, TcpLabels};
 use crate::state::Shared;
@@ -58,20 +59,24 @@ pub async fn handle(
     // HTTP to a mesh service goes through the L7 path: declared (port name / appProtocol), or
     // sniffed from the app's first bytes when the protocol is not declared (as Istio does;
     // a server-first protocol on an undeclared port waits the detection timeout, then L4).
+    // A declared HTTP port may carry HTTP/1.1 or HTTP/2 (prior knowledge): hyper tells.
     let l7 = match &service {
         Some(s) if s.is_mesh() => match s.protocol() {
-            p if p.is_http() => true,
-            Protocol::Unknown => matches!(
-                detect(&client, shared.config.inbound.detect_timeout).await,
-                Detected::Http1 | Detected::Http2
-            ),
-            _ => false,
+            p if p.is_http() => Some(Speaks::Any),
+            Protocol::Unknown => {
+                match detect(&client, shared.config.inbound.detect_timeout).await {
+                    Detected::Http1 => Some(Speaks::Http1),
+                    Detected::Http2 => Some(Speaks::Any),
+                    _ => None,
+                }
+            }
+            _ => None,
         },
-        _ => false,
+        _ => None,
     };
     match service {
-        Some(svc) if l7 => {
-            crate::http::outbound::serve(shared.clone(), client, peer, dst, svc).await;
+        Some(svc) if let Some(speaks) = l7 => {
+            crate::http::outbound::serve(shared.clone(), client, speaks, peer, dst, svc).await;
         }
         Some(svc) if svc.is_mesh() => {
             let endpoint = svc.pick_endpoint(dst);

@@ -75,6 +75,12 @@ pub fn known_protocol(negotiated: Option<&[u8]>) -> Option<&'static [u8]> {
     SERVER_PROTOCOLS.iter().copied().find(|known| *known == p)
 }
 
+/// Whether a negotiated protocol is HTTP/1.x (`istio-http/1.0`, `istio-http/1.1`, `http/1.0`,
+/// `http/1.1`).
+pub fn is_http1(negotiated: Option<&[u8]>) -> bool {
+    negotiated.is_some_and(|p| [ISTIO_HTTP10, ISTIO_HTTP11, HTTP10, HTTP11].contains(&p))
+}
+
 /// Whether a negotiated protocol carries HTTP (Istio's `istio-http/*` and `istio-h2`, or the
 /// plain HTTP ones).
 pub fn is_http(negotiated: Option<&[u8]>) -> bool {
@@ -99,5 +105,8 @@ mod tests {
         assert_eq!(known_protocol(None), None);
         assert!(is_http(Some(ISTIO_HTTP11)) && is_http(Some(H2)));
         assert!(!is_http(Some(ISTIO)) && !is_http(Some(ISTIO_PEER_EXCHANGE)) && !is_http(None));
+        assert!(is_http1(Some(ISTIO_HTTP11)) && is_http1(Some(HTTP10)));
+        assert!(!is_http1(Some(ISTIO_H2)) && !is_http1(Some(H2)) && !is_http1(Some(ISTIO)));
+        assert!(!is_http1(None));
     }
 }

@@ -171,11 +171,11 @@ impl H1Pool {
                 Err(mut e) => match e.take_message() {
                     // Never written (the connection closed while idle): once more, on a new
                     // connection.
-                    Some(req) => (connect().await?, req),
+                    Some(req) => (Box::pin(connect()).await?, req),
                     None => return Err(H1Error::Http(e.into_error())),
                 },
             },
-            None => (connect().await?, req),
+            None => (Box::pin(connect()).await?, req),
         };
         let resp = send
             .try_send_request(req)

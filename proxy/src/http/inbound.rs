@@ -74,6 +74,7 @@ struct Conn {
 pub async fn serve<S>(
     shared: Arc<Shared>,
     io: S,
+    speaks: super::Speaks,
     peer: SocketAddr,
     dst: SocketAddr,
     tls: Option<PeerTls>,
@@ -129,7 +130,7 @@ pub async fn serve<S>(
         series,
     });
     let handle = |conn: Arc<Conn>, req| async move { handle(&conn, req).await };
-    if let Err(e) = super::serve_connection(&shared, io, conn, handle).await {
+    if let Err(e) = super::serve_connection(&shared, io, speaks, conn, handle).await {
         tracing::debug!(%peer, error = %e, "inbound HTTP connection ended with an error");
     }
 }
@@ -271,16 +272,15 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         let answer = match custom.filter(|c| !c.conflict) {
             None => None,
             Some(c) => {
-                let out = l7
-                    .ext_authz
-                    .check(
-                        c.provider,
-                        &parts.method,
-                        raw,
-                        &exchange.authority,
-                        &parts.headers,
-                    )
-                    .await;
+                // A call out, boxed so the future of every request stays small.
+                let out = Box::pin(l7.ext_authz.check(
+                    c.provider,
+                    &parts.method,
+                    raw,
+                    &exchange.authority,
+                    &parts.headers,
+                ))
+                .await;
                 Some(match out {
                     Outcome::Allow {
                         upstream,
@@ -341,7 +341,7 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
                 parts.headers.remove(&xfcc::XFCC);
             }
         }
-        return connect_app(conn, exchange, parts, body).await;
+        return Box::pin(connect_app(conn, exchange, parts, body)).await;
     }
 
     // Rewrite the request for the app.

@@ -43,13 +43,35 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// The body type of requests and responses the proxy forwards or makes.
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// What a downstream connection is known to speak before its first request is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// HTTP/1.x: ALPN `istio-http/1.x` / `http/1.x`, or a sniffed request line.
+    Http1,
+    /// HTTP/1.1 or HTTP/2 (prior knowledge or ALPN): hyper tells them apart by the preface.
+    Any,
+}
+
+impl Speaks {
+    /// From the ALPN protocol a TLS handshake negotiated.
+    pub fn from_alpn(alpn: Option<&[u8]>) -> Self {
+        if warden_identity::tls::alpn::is_http1(alpn) {
+            Speaks::Http1
+        } else {
+            Speaks::Any
+        }
+    }
+}
+
 /// Serves one downstream HTTP connection (HTTP/1.1 with upgrades, or HTTP/2) with the
 /// configured limits, answering each request with `handle(conn, request)`, until it closes.
-/// On drain the requests in flight finish, then the connection closes (HTTP/1 `Connection:
-/// close`, HTTP/2 GOAWAY) instead of idling until the drain deadline.
+/// A connection known to speak HTTP/1 skips version detection. On drain the requests in
+/// flight finish, then the connection closes (HTTP/1 `Connection: close`, HTTP/2 GOAWAY)
+/// instead of idling until the drain deadline.
 pub(crate) async fn serve_connection<IO, C, F, Fut>(
     shared: &crate::state::Shared,
     io: IO,
+    speaks: Speaks,
     conn: std::sync::Arc<C>,
     handle: F,
 ) -> Result<(), BoxError>
@@ -63,20 +85,47 @@ where
         + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
-    let drain = shared.drain.clone();
-    let builder = shared.config.limits.http_server_builder();
+    let drain = &shared.drain;
+    let limits = &shared.config.limits;
     let svc = hyper::service::service_fn(move |req| {
         let fut = handle(conn.clone(), req);
         async move { Ok::<_, std::convert::Infallible>(fut.await) }
     });
-    let served = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc);
+    let io = hyper_util::rt::TokioIo::new(io);
+    match speaks {
+        Speaks::Http1 => {
+            let served = limits
+                .http1_server_builder()
+                .serve_connection(io, svc)
+                .with_upgrades();
+            until_drained(drain, served, |c| c.graceful_shutdown()).await
+        }
+        Speaks::Any => {
+            let builder = limits.http_server_builder();
+            let served = builder.serve_connection_with_upgrades(io, svc);
+            until_drained(drain, served, |c| c.graceful_shutdown()).await
+        }
+    }
+}
+
+/// Drives `served` to its end; once draining starts, `shutdown` asks it to finish the
+/// requests in flight and close.
+async fn until_drained<S, E>(
+    drain: &crate::drain::Drain,
+    served: S,
+    shutdown: impl FnOnce(std::pin::Pin<&mut S>),
+) -> Result<(), BoxError>
+where
+    S: std::future::Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
     tokio::pin!(served);
     tokio::select! {
         biased;
-        r = served.as_mut() => r,
+        r = served.as_mut() => r.map_err(Into::into),
         _ = drain.signaled() => {
-            served.as_mut().graceful_shutdown();
-            served.await
+            shutdown(served.as_mut());
+            served.await.map_err(Into::into)
         }
     }
 }

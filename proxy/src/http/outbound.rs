@@ -74,6 +74,7 @@ impl Conn {
 pub async fn serve(
     shared: Arc<Shared>,
     client: TcpStream,
+    speaks: super::Speaks,
     peer: SocketAddr,
     dst: SocketAddr,
     service: Arc<Service>,
@@ -87,7 +88,7 @@ pub async fn serve(
         series: Mutex::new(Vec::new()),
     });
     let handle = |conn: Arc<Conn>, req| async move { handle(&conn, req).await };
-    if let Err(e) = super::serve_connection(&shared, client, conn, handle).await {
+    if let Err(e) = super::serve_connection(&shared, client, speaks, conn, handle).await {
         tracing::debug!(%peer, %dst, error = %e, "outbound HTTP connection ended with an error");
     }
 }
@@ -176,7 +177,11 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     strip_hop_by_hop(&mut parts.headers, upgrade);
     let body = exchange.request_body(body);
     if upgrade {
-        return upgrade_request(conn, &service, exchange, endpoint, parts, body).await;
+        // Rare and large: boxed, so the common path's future stays small.
+        return Box::pin(upgrade_request(
+            conn, &service, exchange, endpoint, parts, body,
+        ))
+        .await;
     }
     if downstream_version != Version::HTTP_2 {
         // Istio's default (`h2UpgradePolicy: DO_NOT_UPGRADE`): HTTP/1.x stays HTTP/1.1 to the

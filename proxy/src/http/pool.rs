@@ -157,7 +157,7 @@ impl PeerPool {
         if let Some(c) = self.ready(&slot) {
             return Ok(c);
         }
-        let conn = self.connect(&shared.tls, endpoint, &slot).await?;
+        let conn = Box::pin(self.connect(&shared.tls, endpoint, &slot)).await?;
         shared.metrics.tls_handshake(Reporter::Source);
         *slot.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         slot.last_used.store(self.now_ms(), Ordering::Relaxed);
@@ -208,8 +208,11 @@ impl PeerPool {
         if let Some(c) = self.ready(&slot) {
             return Ok(c.send);
         }
-        let tcp = crate::dial::connect(app, Some(source), self.connect_timeout).await?;
-        let conn = self.handshake(tcp, app, &slot, Arc::from("")).await?;
+        let conn = Box::pin(async {
+            let tcp = crate::dial::connect(app, Some(source), self.connect_timeout).await?;
+            self.handshake(tcp, app, &slot, Arc::from("")).await
+        })
+        .await?;
         *slot.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         slot.last_used.store(self.now_ms(), Ordering::Relaxed);
         Ok(conn.send)
