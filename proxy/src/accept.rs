@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use crate::balance::{Balancer, Handoff, Serving};
 use crate::limits::ListenerKind;
 use crate::state::Shared;
 
@@ -91,6 +92,7 @@ pub async fn accept_loop<F, Fut>(
     kind: ListenerKind,
     limit: &ConnectionLimit,
     shared: Arc<Shared>,
+    mut balance: Option<Balance>,
     handler: F,
 ) -> JoinSet<()>
 where
@@ -107,16 +109,29 @@ where
     };
     let counters = &shared.metrics.limits;
     let drain = shared.drain.clone();
-    // Runs `handler` for an admitted connection, tracked by the drain, holding its slot.
-    let serve = |conns: &mut JoinSet<()>, stream: TcpStream, peer: SocketAddr, slot: Slot| {
+    // Runs `handler` for an admitted connection, tracked by the drain and in this worker's
+    // load (when balanced), holding its slot.
+    let serve = |conns: &mut JoinSet<()>,
+                 stream: TcpStream,
+                 peer: SocketAddr,
+                 slot: Slot,
+                 serving: Option<Serving>| {
         let _ = stream.set_nodelay(true);
         let guard = drain.track();
         let fut = handler(shared.clone(), stream, peer, local);
         conns.spawn(async move {
             fut.await;
+            drop(serving);
             drop(guard);
             drop(slot);
         });
+    };
+    // A connection handed over by another worker joins this worker's reactor.
+    let adopt = |conns: &mut JoinSet<()>, h: Handoff| match TcpStream::from_std(h.stream) {
+        Ok(stream) => serve(conns, stream, h.peer, h.slot, Some(h.serving)),
+        Err(e) => {
+            tracing::warn!(listener = kind.as_str(), peer = %h.peer, error = %e, "a connection handed over could not be registered")
+        }
     };
     let mut backoff = MIN_BACKOFF;
     let mut failing_since: Option<(Instant, u64)> = None;
@@ -127,6 +142,9 @@ where
             biased;
             _ = drain.signaled() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(h) = async { balance.as_mut()?.inbox.recv().await }, if balance.is_some() => {
+                adopt(&mut conns, h);
+            }
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     if let Some((since, failures)) = failing_since.take() {
@@ -155,7 +173,28 @@ where
                         }
                         continue;
                     };
-                    serve(&mut conns, stream, peer, slot);
+                    // A worker serving more than another hands the connection over.
+                    if let Some(b) = &balance
+                        && let Some(to) = b.balancer.pick(b.index)
+                    {
+                        match stream.into_std() {
+                            Ok(std_stream) => {
+                                let serving = b.balancer.serving(to);
+                                let h = Handoff { stream: std_stream, peer, slot, serving };
+                                if let Err(mut h) = b.balancer.hand_off(to, kind, h) {
+                                    // That worker stopped: serve it here.
+                                    h.serving = b.balancer.serving(b.index);
+                                    adopt(&mut conns, h);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(listener = kind.as_str(), %peer, error = %e, "connection lost while handing it over");
+                            }
+                        }
+                        continue;
+                    }
+                    let serving = balance.as_ref().map(|b| b.balancer.serving(b.index));
+                    serve(&mut conns, stream, peer, slot, serving);
                 }
                 Err(e) => {
                     counters.accept_error(kind);
@@ -195,10 +234,29 @@ where
         let Some(slot) = limit.try_acquire() else {
             break;
         };
-        serve(&mut conns, stream, peer, slot);
+        let serving = balance.as_ref().map(|b| b.balancer.serving(b.index));
+        serve(&mut conns, stream, peer, slot, serving);
     }
     drop(listener);
+    // Connections other workers handed over before the drain: served too.
+    if let Some(b) = &mut balance {
+        b.inbox.close();
+        while let Ok(h) = b.inbox.try_recv() {
+            adopt(&mut conns, h);
+        }
+    }
     conns
+}
+
+/// What an accept loop needs to balance connections with the other workers.
+#[derive(Debug)]
+pub struct Balance {
+    /// Every worker's load.
+    pub balancer: Arc<Balancer>,
+    /// This worker.
+    pub index: usize,
+    /// Connections other workers hand to this loop.
+    pub inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
 }
 
 #[cfg(test)]

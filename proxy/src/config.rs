@@ -100,6 +100,19 @@ pub enum ConfigSource {
     ControlPlane(ControlPlaneSource),
 }
 
+/// How the workers share new connections (`connectionBalance`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionBalance {
+    /// A worker that accepts a connection while it serves more than another hands it to the
+    /// least loaded one (Envoy's `exact_balance`): few long-lived connections still spread.
+    #[default]
+    Exact,
+    /// The kernel's `SO_REUSEPORT` hash alone (Envoy's default): no hand-over, so a new
+    /// connection never waits for a cross-thread wake-up.
+    Kernel,
+}
+
 /// Where traffic to hosts outside the registry goes (Istio's `outboundTrafficPolicy.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -234,6 +247,8 @@ pub struct SidecarConfig {
     /// 0 means one per CPU; default 2, Istio's default for sidecars). Each runs its own
     /// event loop with its own listener sockets and connection pools.
     pub concurrency: usize,
+    /// How the workers share new connections (default `exact`).
+    pub connection_balance: ConnectionBalance,
 }
 
 /// MeshConfig `extensionProviders` (the CUSTOM authorizers), compared by value.
@@ -295,6 +310,7 @@ struct RawConfig {
     #[serde(default)]
     limits: crate::limits::RawLimits,
     concurrency: Option<usize>,
+    connection_balance: Option<ConnectionBalance>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -933,6 +949,7 @@ fn build(origin: &str, raw: RawConfig, env: EnvLookup<'_>) -> Result<SidecarConf
         root_namespace,
         limits: crate::limits::Limits::from_raw(origin, raw.limits)?,
         concurrency: resolve_concurrency(raw.concurrency.unwrap_or(DEFAULT_CONCURRENCY)),
+        connection_balance: raw.connection_balance.unwrap_or_default(),
     })
 }
 
@@ -1045,6 +1062,11 @@ mod tests {
         assert_eq!(c.inbound.source_address.to_string(), "127.0.0.6");
         assert_eq!(c.drain_deadline, Duration::from_secs(5));
         assert_eq!(c.outbound_traffic_policy, OutboundTrafficPolicy::AllowAny);
+        assert_eq!(c.connection_balance, ConnectionBalance::Exact);
+        let k = parse(&format!("{BASE}connectionBalance: kernel\n"), &[]).unwrap();
+        assert_eq!(k.connection_balance, ConnectionBalance::Kernel);
+        let e = parse(&format!("{BASE}connectionBalance: roundrobin\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("connectionBalance"), "{e}");
     }
 
     #[test]

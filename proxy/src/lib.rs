@@ -13,6 +13,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod balance;
 pub mod cert_source;
 pub mod config;
 pub mod copy;

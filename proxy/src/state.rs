@@ -57,6 +57,9 @@ pub struct Shared {
     cert_status: OnceLock<watch::Receiver<AgentStatus>>,
     /// The control-plane subscription's status (set once it started).
     config_status: OnceLock<watch::Receiver<SubscriberStatus>>,
+    /// The workers' connection balance (set once they started, with `connectionBalance:
+    /// exact` and more than one worker).
+    balancer: OnceLock<Arc<crate::balance::Balancer>>,
 }
 
 impl Shared {
@@ -80,7 +83,18 @@ impl Shared {
             log_control,
             cert_status: OnceLock::new(),
             config_status: OnceLock::new(),
+            balancer: OnceLock::new(),
         }
+    }
+
+    /// Records the workers' balancer (the first call wins).
+    pub fn set_balancer(&self, b: Arc<crate::balance::Balancer>) {
+        let _ = self.balancer.set(b);
+    }
+
+    /// Connections each worker serves now, when the workers balance them.
+    pub fn worker_connections(&self) -> Option<Vec<usize>> {
+        self.balancer.get().map(|b| b.open())
     }
 
     /// Records the certificate source's status channel (the first call wins).

@@ -1,7 +1,8 @@
 //! Thread-per-core data plane: `concurrency` worker threads, each running its own
 //! single-threaded tokio runtime with its own outbound and inbound listener sockets (bound to
-//! the same address with `SO_REUSEPORT`, so the kernel spreads new connections over the
-//! workers). A connection, the tasks it spawns and the pooled upstream connections it uses all
+//! the same address with `SO_REUSEPORT`; with `connectionBalance: exact` a worker that serves
+//! more connections than another hands a new one over, see [`crate::balance`]). Once served, a
+//! connection, the tasks it spawns and the pooled upstream connections it uses all
 //! live on one thread: a request is read, checked and forwarded without a cross-thread wakeup,
 //! as Envoy's workers do. The certificate agent, the config subscriber and the admin ports stay
 //! on the caller's runtime.
@@ -14,7 +15,8 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 
-use crate::accept::{ConnectionLimit, accept_loop};
+use crate::accept::{Balance, ConnectionLimit, accept_loop};
+use crate::balance::{Balancer, Inboxes};
 use crate::limits::ListenerKind;
 use crate::state::Shared;
 use crate::{inbound, outbound};
@@ -144,7 +146,18 @@ impl Workers {
         let mut workers = Workers {
             handles: Vec::with_capacity(count),
         };
+        // One worker has nobody to balance with.
+        let balanced = count > 1
+            && shared.config.connection_balance == crate::config::ConnectionBalance::Exact;
+        let (balancer, inboxes) = Balancer::new(count);
+        let mut inboxes = inboxes.into_iter();
+        if balanced {
+            shared.set_balancer(balancer.clone());
+        }
         for index in 0..count {
+            let balance = balanced
+                .then(|| inboxes.next().map(|i| (balancer.clone(), i)))
+                .flatten();
             let (out, inb) = match first.take() {
                 Some((o, i)) => (Socket::Given(o), Socket::Given(i)),
                 None => (Socket::Sibling(out_addr), Socket::Sibling(in_addr)),
@@ -162,6 +175,7 @@ impl Workers {
                         index,
                         shared,
                         limits,
+                        balance,
                         [out, inb],
                         addrs,
                         ready_tx,
@@ -239,6 +253,7 @@ fn run_worker(
     index: usize,
     shared: Arc<Shared>,
     limits: Arc<[ConnectionLimit; 2]>,
+    balance: Option<(Arc<Balancer>, Inboxes)>,
     [out, inb]: [Socket; 2],
     [out_addr, in_addr]: [SocketAddr; 2],
     ready: oneshot::Sender<Result<(), WorkerError>>,
@@ -281,6 +296,21 @@ fn run_worker(
             }
         };
         let mut stop = stop;
+        let (out_balance, in_balance) = match balance {
+            Some((balancer, [out_inbox, in_inbox])) => (
+                Some(Balance {
+                    balancer: balancer.clone(),
+                    index,
+                    inbox: out_inbox,
+                }),
+                Some(Balance {
+                    balancer,
+                    index,
+                    inbox: in_inbox,
+                }),
+            ),
+            None => (None, None),
+        };
         let accepting = async {
             tokio::join!(
                 accept_loop(
@@ -288,6 +318,7 @@ fn run_worker(
                     ListenerKind::Outbound,
                     &limits[0],
                     shared.clone(),
+                    out_balance,
                     outbound::handle
                 ),
                 accept_loop(
@@ -295,6 +326,7 @@ fn run_worker(
                     ListenerKind::Inbound,
                     &limits[1],
                     shared.clone(),
+                    in_balance,
                     inbound::handle
                 ),
             )

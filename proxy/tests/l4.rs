@@ -731,3 +731,49 @@ async fn permissive_passes_the_apps_own_tls_through() {
         "{m}"
     );
 }
+
+/// Waits until `f` holds (at most 5 s).
+async fn until(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn long_lived_connections_spread_evenly_over_the_workers() {
+    let mesh = Mesh::new();
+    let (a, b) = two_pods(&mesh, 13, &[("pa.yaml", peer_authn("STRICT"))]).await;
+    let _accepted = echo_app(SocketAddr::new(ip_app(13, 2), APP_PORT), None).await;
+    let workers = a.shared.config.concurrency;
+    assert!(workers >= 2, "the sidecar runs {workers} worker(s)");
+    let total = |p: &Pod| p.shared.worker_connections().map_or(0, |v| v.iter().sum());
+    // Connections from the same client address: SO_REUSEPORT alone would spread them by a hash
+    // of their ports, often unevenly; each outbound connection opens one inbound on B.
+    let n = 4 * workers;
+    let mut open = Vec::new();
+    for i in 1..=n {
+        let mut c = TcpStream::connect(a.outbound()).await.unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        open.push(c);
+        until("the connection to be counted", || {
+            total(&a) == i && total(&b) == i
+        })
+        .await;
+    }
+    for pod in [&a, &b] {
+        let per_worker = pod.shared.worker_connections().unwrap();
+        assert_eq!(per_worker, vec![4; workers], "{per_worker:?}");
+    }
+    drop(open);
+    until("the connections to close", || {
+        total(&a) == 0 && total(&b) == 0
+    })
+    .await;
+}
