@@ -732,17 +732,6 @@ async fn permissive_passes_the_apps_own_tls_through() {
     );
 }
 
-/// Waits until `f` holds (at most 5 s).
-async fn until(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test]
 async fn long_lived_connections_spread_evenly_over_the_workers() {
     let mesh = Mesh::new();
@@ -762,9 +751,11 @@ async fn long_lived_connections_spread_evenly_over_the_workers() {
         c.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
         open.push(c);
-        until("the connection to be counted", || {
-            total(&a) == i && total(&b) == i
-        })
+        eventually(
+            "the connection to be counted",
+            Duration::from_secs(5),
+            || total(&a) == i && total(&b) == i,
+        )
         .await;
     }
     for pod in [&a, &b] {
@@ -772,7 +763,7 @@ async fn long_lived_connections_spread_evenly_over_the_workers() {
         assert_eq!(per_worker, vec![4; workers], "{per_worker:?}");
     }
     drop(open);
-    until("the connections to close", || {
+    eventually("the connections to close", Duration::from_secs(5), || {
         total(&a) == 0 && total(&b) == 0
     })
     .await;
