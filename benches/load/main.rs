@@ -36,6 +36,8 @@ pub struct Opts {
     pub systems: Vec<System>,
     /// Worker threads of every proxy.
     pub threads: usize,
+    /// Interleaved rounds of each fixed-rate run (the table shows their medians).
+    pub rounds: usize,
     /// Length of each fixed-rate run.
     pub duration: Duration,
     /// Length of each maximum-rate run.
@@ -49,7 +51,7 @@ pub struct Opts {
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--smoke] [--scenarios LIST] [--systems LIST]
-       [--threads N] [--duration SECS] [--max-duration SECS] [--idle N] [--bulk-mib N] [--out DIR]
+       [--threads N] [--rounds N] [--duration SECS] [--max-duration SECS] [--idle N] [--bulk-mib N] [--out DIR]
 scenarios: h1-c4 h1-c16 h1-c64 h2-c4 h1-max h1-newconn handshake tcp-bulk idle (start to ready: always)
 systems: direct warden envoy haproxy";
 
@@ -67,13 +69,14 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         scenarios: Scenario::ALL.to_vec(),
         systems: System::ALL.to_vec(),
         threads: 2,
-        duration: Duration::from_secs(30),
+        rounds: 3,
+        duration: Duration::from_secs(10),
         max_duration: Duration::from_secs(15),
         idle: None,
         bulk_bytes: 1 << 30,
         out: root.join("benches").join("results"),
     };
-    let (mut duration, mut max_duration, mut bulk) = (None, None, None);
+    let (mut duration, mut max_duration, mut bulk, mut rounds) = (None, None, None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = |name: &str| {
@@ -97,6 +100,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 })?
             }
             "--threads" => o.threads = num(a, val(a)?)? as usize,
+            "--rounds" => rounds = Some(num(a, val(a)?)? as usize),
             "--duration" => duration = Some(Duration::from_secs_f64(num(a, val(a)?)?)),
             "--max-duration" => max_duration = Some(Duration::from_secs_f64(num(a, val(a)?)?)),
             "--idle" => o.idle = Some(num(a, val(a)?)? as usize),
@@ -111,7 +115,9 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         o.max_duration = Duration::from_millis(1500);
         o.idle.get_or_insert(200);
         o.bulk_bytes = 64 << 20;
+        o.rounds = 1;
     }
+    o.rounds = rounds.unwrap_or(o.rounds).max(1);
     o.duration = duration.unwrap_or(o.duration);
     o.max_duration = max_duration.unwrap_or(o.max_duration);
     o.bulk_bytes = bulk.unwrap_or(o.bulk_bytes);

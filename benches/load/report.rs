@@ -24,6 +24,8 @@ pub struct Report {
     pub duration_s: f64,
     /// Seconds per maximum-rate run.
     pub max_duration_s: f64,
+    /// Interleaved rounds of each fixed-rate run.
+    pub rounds: usize,
     /// `/proc/loadavg` before.
     pub load_before: String,
     /// `/proc/loadavg` after.
@@ -88,6 +90,23 @@ pub struct RunResult {
     pub idle_conns: Option<usize>,
     /// Full handshakes per second.
     pub handshakes_per_s: Option<f64>,
+    /// Each round's own figures when the run was repeated; the figures above are their
+    /// medians (latency percentile by percentile).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<RunResult>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 impl RunResult {
@@ -96,6 +115,50 @@ impl RunResult {
         Self {
             error: Some(e),
             ..Self::default()
+        }
+    }
+
+    /// The rounds of one system and scenario as one result: each figure is the median over
+    /// the rounds. A failed round fails the whole.
+    pub fn median_of(mut rs: Vec<RunResult>) -> Self {
+        let n = rs.len();
+        if n == 1 {
+            return rs.pop().expect("one round");
+        }
+        if let Some((i, e)) = rs
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.error.as_ref().map(|e| (i, e)))
+        {
+            return Self::failed(format!("round {} of {n}: {e}", i + 1));
+        }
+        if let Some(r) = rs.iter().find(|r| r.note.is_some()) {
+            return r.clone();
+        }
+        let med = |f: &dyn Fn(&RunResult) -> Option<f64>| median(rs.iter().filter_map(f).collect());
+        let http = rs.iter().all(|r| r.http.is_some()).then(|| {
+            let o = |r: &RunResult| r.http.clone().unwrap_or_default();
+            Outcome {
+                ok: rs.iter().map(|r| o(r).ok).sum(),
+                failed: rs.iter().map(|r| o(r).failed).sum(),
+                rps: med(&|r| Some(o(r).rps)).unwrap_or_default(),
+                latency_ms: std::array::from_fn(|i| {
+                    med(&|r| Some(o(r).latency_ms[i])).unwrap_or_default()
+                }),
+            }
+        });
+        Self {
+            error: None,
+            note: None,
+            http,
+            cpu_s: rs.iter().map(|r| r.cpu_s).sum(),
+            cpu_per_1k: med(&|r| r.cpu_per_1k),
+            rss: rs.last().map(|r| r.rss.clone()).unwrap_or_default(),
+            mb_per_s: med(&|r| r.mb_per_s),
+            idle_kib_per_conn: med(&|r| r.idle_kib_per_conn),
+            idle_conns: rs.last().and_then(|r| r.idle_conns),
+            handshakes_per_s: med(&|r| r.handshakes_per_s),
+            rounds: rs,
         }
     }
 
@@ -173,7 +236,7 @@ pub fn markdown(rep: &Report) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Run {} ({}), {} cores, {} worker thread(s) per proxy, {:.0} s per fixed-rate run, load average {} before / {} after.\n",
+        "Run {} ({}), {} cores, {} worker thread(s) per proxy, {:.0} s per fixed-rate run{}, load average {} before / {} after.\n",
         rep.started,
         if rep.smoke {
             "SMOKE: numbers mean nothing"
@@ -183,6 +246,14 @@ pub fn markdown(rep: &Report) -> String {
         rep.cores,
         rep.threads,
         rep.duration_s,
+        if rep.rounds > 1 {
+            format!(
+                " and median of {} interleaved rounds (systems in turn, a fresh pair each)",
+                rep.rounds
+            )
+        } else {
+            String::new()
+        },
         rep.load_before,
         rep.load_after
     );

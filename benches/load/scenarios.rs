@@ -1,4 +1,4 @@
-//! The scenarios, run one after another for each system, and the figures taken from them.
+//! The scenarios, run scenario by scenario with every system in turn, and the figures taken from them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -68,6 +68,15 @@ impl Scenario {
     /// From the command-line name.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|x| x.id() == s)
+    }
+
+    /// Interleaved rounds: `--rounds` for the fixed-rate latency runs, whose percentiles move
+    /// more from run to run than the proxies differ; one for the others.
+    pub fn rounds(self, opts: &Opts) -> usize {
+        match self.load(opts) {
+            Some(l) if l.rate.is_some() => opts.rounds,
+            _ => 1,
+        }
     }
 
     /// The protocol of the service the pair carries for this scenario.
@@ -188,6 +197,7 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
             .unwrap_or(0),
         duration_s: opts.duration.as_secs_f64(),
         max_duration_s: opts.max_duration.as_secs_f64(),
+        rounds: opts.rounds,
         load_before,
         load_after: String::new(),
         versions: BTreeMap::new(),
@@ -226,98 +236,67 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let idle_n = opts.idle.unwrap_or_else(idle_capacity).min(idle_capacity());
-    let total_steps = opts.systems.len() * opts.scenarios.len();
-    let mut step = 0;
-    let mut all_ok = true;
-    for &system in &opts.systems {
-        let mut res = SystemResult::new(system);
-        let skip = match system {
+    let mut results: Vec<SystemResult> =
+        opts.systems.iter().map(|&s| SystemResult::new(s)).collect();
+    for res in &mut results {
+        let skip = match res.system {
             System::Envoy => env.envoy.as_ref().err(),
             System::Haproxy => env.haproxy.as_ref().err(),
             _ => None,
         };
         if let Some(reason) = skip {
-            eprintln!("skipped: {}: {reason}", system.name());
+            eprintln!("skipped: {}: {reason}", res.system.name());
             res.skipped = Some(reason.clone());
-            step += opts.scenarios.len();
-            rep.systems.push(res);
-            continue;
         }
-        for proto in [Proto::Http1, Proto::Http2, Proto::Tcp] {
-            let scen: Vec<Scenario> = opts
-                .scenarios
-                .iter()
-                .copied()
-                .filter(|s| s.proto() == proto)
-                .collect();
-            if scen.is_empty() {
-                continue;
-            }
-            let mut pair = match pairs::start(system, proto, &env) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!(
-                        "FAILED: {} {}: starting the pair: {e}",
-                        system.name(),
-                        pairs::proto_label(proto)
-                    );
-                    for s in &scen {
-                        res.runs.insert(s.id().into(), RunResult::failed(e.clone()));
-                    }
-                    step += scen.len();
-                    all_ok = false;
+    }
+    let measured = results.iter().filter(|r| r.skipped.is_none()).count();
+    let total_steps: usize = opts
+        .scenarios
+        .iter()
+        .map(|&s| s.rounds(opts) * measured)
+        .sum();
+    let mut step = 0;
+    let mut all_ok = true;
+    // Scenario by scenario, and within a scenario round by round, every system in turn: the
+    // figures compared in one row are taken minutes apart at most, not a whole system's run
+    // apart, and each round gets a freshly started pair.
+    let mut rounds: BTreeMap<(usize, Scenario), Vec<RunResult>> = BTreeMap::new();
+    for &s in &opts.scenarios {
+        let n = s.rounds(opts);
+        for round in 1..=n {
+            for (k, res) in results.iter_mut().enumerate() {
+                if res.skipped.is_some() {
                     continue;
                 }
-            };
-            res.ready_ms
-                .extend(pair.ready.iter().map(|d| d.as_secs_f64() * 1e3));
-            if proto != Proto::Tcp {
-                // Warm up (connections, pools, caches) at the fixed rate; not counted.
-                let warm = Load {
-                    connections: 4,
-                    rate: Some(1000),
-                    http2: proto == Proto::Http2,
-                    new_connection: false,
-                    duration: if opts.smoke {
-                        Duration::from_millis(300)
-                    } else {
-                        Duration::from_secs(2)
-                    },
-                };
-                if let Err(e) = oha::run(&oha_bin, pair.entry, &warm) {
-                    eprintln!("warning: warm-up of {} failed: {e}", system.name());
-                }
-            }
-            for s in scen {
                 step += 1;
                 eprintln!(
-                    "[{step}/{total_steps}] {:<8} {:<11} {}",
-                    system.name(),
+                    "[{step}/{total_steps}] {:<8} {:<11} {}{}",
+                    res.system.name(),
                     s.id(),
-                    describe(s, opts, idle_n)
+                    describe(s, opts, idle_n),
+                    if n > 1 {
+                        format!(", round {round} of {n}")
+                    } else {
+                        String::new()
+                    }
                 );
                 let t = Instant::now();
-                let r = run_one(s, &mut pair, opts, &oha_bin, &rt, &env, idle_n);
-                let r = match r.and_then(|r| pair.check_alive().map(|()| r)) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        all_ok = false;
-                        RunResult::failed(e)
-                    }
-                };
+                let r = measure(s, res, opts, &oha_bin, &rt, &env, idle_n);
+                let r = r.unwrap_or_else(|e| {
+                    all_ok = false;
+                    RunResult::failed(e)
+                });
                 eprintln!("      {} ({:.1} s)", r.summary(), t.elapsed().as_secs_f64());
-                if s == Scenario::H1C4 {
-                    res.steady_rss = pair.samples().iter().map(|s| s.rss).collect();
-                }
-                res.runs.insert(s.id().into(), r);
+                rounds.entry((k, s)).or_default().push(r);
             }
-            if proto == Proto::Http1 {
-                res.peak_rss = pair.samples().iter().map(|s| s.hwm).collect();
-            }
-            drop(pair);
         }
-        rep.systems.push(res);
     }
+    for ((k, s), rs) in rounds {
+        results[k]
+            .runs
+            .insert(s.id().into(), RunResult::median_of(rs));
+    }
+    rep.systems = results;
     drop(upstream);
     rep.load_after = report::loadavg();
     let written = report::write(&rep, &opts.out)?;
@@ -326,6 +305,55 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
         eprintln!("wrote {}", w.display());
     }
     Ok(all_ok)
+}
+
+/// Starts `res.system`'s pair for `s`, warms it up, runs `s` once and stops the pair; records
+/// start-to-ready and RSS figures in `res`.
+fn measure(
+    s: Scenario,
+    res: &mut SystemResult,
+    opts: &Opts,
+    oha_bin: &Path,
+    rt: &tokio::runtime::Runtime,
+    env: &Env,
+    idle_n: usize,
+) -> Result<RunResult, String> {
+    let proto = s.proto();
+    let mut pair = pairs::start(res.system, proto, env)
+        .map_err(|e| format!("starting the {} pair: {e}", pairs::proto_label(proto)))?;
+    res.ready_ms
+        .extend(pair.ready.iter().map(|d| d.as_secs_f64() * 1e3));
+    if proto != Proto::Tcp {
+        // Warm up (connections, pools, caches) at the fixed rate; not counted.
+        let warm = Load {
+            connections: 4,
+            rate: Some(1000),
+            http2: proto == Proto::Http2,
+            new_connection: false,
+            duration: if opts.smoke {
+                Duration::from_millis(300)
+            } else {
+                Duration::from_secs(2)
+            },
+        };
+        if let Err(e) = oha::run(oha_bin, pair.entry, &warm) {
+            eprintln!("warning: warm-up of {} failed: {e}", res.system.name());
+        }
+    }
+    let r = run_one(s, &mut pair, opts, oha_bin, rt, env, idle_n)?;
+    pair.check_alive()?;
+    if s == Scenario::H1C4 {
+        res.steady_rss = pair.samples().iter().map(|s| s.rss).collect();
+    }
+    if proto == Proto::Http1 {
+        // The peak over every HTTP/1.1 pair, per process (client, server).
+        let hwm: Vec<u64> = pair.samples().iter().map(|s| s.hwm).collect();
+        res.peak_rss.resize(hwm.len().max(res.peak_rss.len()), 0);
+        for (p, h) in res.peak_rss.iter_mut().zip(hwm) {
+            *p = (*p).max(h);
+        }
+    }
+    Ok(r)
 }
 
 fn describe(s: Scenario, opts: &Opts, idle_n: usize) -> String {
