@@ -1,13 +1,19 @@
 //! Graceful shutdown: stop accepting, let in-flight connections finish up to a deadline.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 struct Inner {
-    draining: watch::Sender<bool>,
+    /// Set once, before `started` wakes its waiters.
+    draining: AtomicBool,
+    started: Notify,
     active: AtomicUsize,
     idle: Notify,
 }
@@ -38,7 +44,8 @@ impl Drain {
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
-                draining: watch::Sender::new(false),
+                draining: AtomicBool::new(false),
+                started: Notify::new(),
                 active: AtomicUsize::new(0),
                 idle: Notify::new(),
             }),
@@ -47,21 +54,34 @@ impl Drain {
 
     /// Starts draining: listeners stop accepting. Idempotent.
     pub fn start(&self) {
-        self.inner
-            .draining
-            .send_if_modified(|d| !std::mem::replace(d, true));
+        if !self.inner.draining.swap(true, Ordering::SeqCst) {
+            self.inner.started.notify_waiters();
+        }
     }
 
-    /// Whether draining has started.
+    /// Whether draining has started: one atomic load.
     pub fn is_draining(&self) -> bool {
-        *self.inner.draining.borrow()
+        self.inner.draining.load(Ordering::SeqCst)
     }
 
     /// Resolves when draining starts.
     pub async fn signaled(&self) {
-        let mut rx = self.inner.draining.subscribe();
-        // The sender lives in `self`, so this cannot fail.
-        let _ = rx.wait_for(|d| *d).await;
+        // Made before the check: a `start` after the check wakes it.
+        let started = self.inner.started.notified();
+        if self.is_draining() {
+            return;
+        }
+        started.await;
+    }
+
+    /// The drain signal of one long-lived connection, for a future that is polled on every
+    /// read and write of the connection: see [`Signal::poll_started`].
+    pub fn signal(&self) -> Signal<'_> {
+        Signal {
+            drain: self,
+            started: self.inner.started.notified(),
+            registered: None,
+        }
     }
 
     /// Counts a connection in flight until the guard drops.
@@ -89,6 +109,43 @@ impl Drain {
             }
         };
         tokio::time::timeout(deadline, wait).await.is_ok()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`Drain::signal`].
+    pub struct Signal<'a> {
+        drain: &'a Drain,
+        #[pin]
+        started: Notified<'a>,
+        registered: Option<Waker>,
+    }
+}
+
+impl Signal<'_> {
+    /// Ready once draining has started. The flag is the truth: the `Notified` was made when
+    /// the signal was, so it misses a `start` before that and only serves to wake the task.
+    /// It is polled (which registers the waker, under the lock every connection of every
+    /// worker shares) on the first poll and again only when the task's waker changes; the
+    /// polls in between cost one atomic load.
+    pub fn poll_started(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.drain.is_draining() {
+            return Poll::Ready(());
+        }
+        let stale = match this.registered {
+            Some(w) => !w.will_wake(cx.waker()),
+            None => true,
+        };
+        if stale {
+            // A `start` after the flag check above has notified this `Notified` (it was made
+            // before), so it is ready here or wakes the task.
+            if this.started.poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            *this.registered = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -124,5 +181,41 @@ mod tests {
         d.start();
         d.signaled().await;
         assert!(d.is_draining());
+    }
+
+    #[tokio::test]
+    async fn a_signal_fires_when_draining_starts_after_it_was_polled() {
+        let d = Drain::new();
+        let sig = d.signal();
+        tokio::pin!(sig);
+        let polls = std::sync::atomic::AtomicUsize::new(0);
+        let d2 = d.clone();
+        let starter = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            d2.start();
+        });
+        std::future::poll_fn(|cx| {
+            polls.fetch_add(1, Ordering::Relaxed);
+            sig.as_mut().poll_started(cx)
+        })
+        .await;
+        starter.await.unwrap();
+        // Pending once (registered), then woken by `start` and ready.
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
+        // A signal made after the start is ready at once, and so is `signaled`.
+        let late = d.signal();
+        tokio::pin!(late);
+        std::future::poll_fn(|cx| late.as_mut().poll_started(cx)).await;
+        d.signaled().await;
+    }
+
+    #[tokio::test]
+    async fn a_signal_made_before_the_start_but_never_polled_still_fires() {
+        let d = Drain::new();
+        let sig = d.signal();
+        d.start();
+        tokio::pin!(sig);
+        let r = std::future::poll_fn(|cx| Poll::Ready(sig.as_mut().poll_started(cx))).await;
+        assert!(r.is_ready());
     }
 }

@@ -109,7 +109,8 @@ where
 }
 
 /// Drives `served` to its end; once draining starts, `shutdown` asks it to finish the
-/// requests in flight and close.
+/// requests in flight and close. `served` is polled first, and the drain signal costs an atomic
+/// load per poll after its first (see [`crate::drain::Signal`]).
 async fn until_drained<S, E>(
     drain: &crate::drain::Drain,
     served: S,
@@ -120,10 +121,18 @@ where
     E: Into<BoxError>,
 {
     tokio::pin!(served);
-    tokio::select! {
-        biased;
-        r = served.as_mut() => r.map_err(Into::into),
-        _ = drain.signaled() => {
+    let signal = drain.signal();
+    tokio::pin!(signal);
+    let done = std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = served.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(r));
+        }
+        signal.as_mut().poll_started(cx).map(|()| None)
+    })
+    .await;
+    match done {
+        Some(r) => r.map_err(Into::into),
+        None => {
             shutdown(served.as_mut());
             served.await.map_err(Into::into)
         }
