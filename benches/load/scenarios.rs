@@ -260,6 +260,13 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
     // Scenario by scenario, and within a scenario round by round, every system in turn: the
     // figures compared in one row are taken minutes apart at most, not a whole system's run
     // apart, and each round gets a freshly started pair.
+    let cx = Ctx {
+        opts,
+        oha: &oha_bin,
+        rt: &rt,
+        env: &env,
+        idle_n,
+    };
     let mut rounds: BTreeMap<(usize, Scenario), Vec<RunResult>> = BTreeMap::new();
     for &s in &opts.scenarios {
         let n = s.rounds(opts);
@@ -281,7 +288,7 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
                     }
                 );
                 let t = Instant::now();
-                let r = measure(s, res, opts, &oha_bin, &rt, &env, idle_n);
+                let r = measure(s, res, &cx);
                 let r = r.unwrap_or_else(|e| {
                     all_ok = false;
                     RunResult::failed(e)
@@ -307,17 +314,20 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
     Ok(all_ok)
 }
 
+/// What every measurement needs.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    opts: &'a Opts,
+    oha: &'a Path,
+    rt: &'a tokio::runtime::Runtime,
+    env: &'a Env,
+    idle_n: usize,
+}
+
 /// Starts `res.system`'s pair for `s`, warms it up, runs `s` once and stops the pair; records
 /// start-to-ready and RSS figures in `res`.
-fn measure(
-    s: Scenario,
-    res: &mut SystemResult,
-    opts: &Opts,
-    oha_bin: &Path,
-    rt: &tokio::runtime::Runtime,
-    env: &Env,
-    idle_n: usize,
-) -> Result<RunResult, String> {
+fn measure(s: Scenario, res: &mut SystemResult, cx: &Ctx<'_>) -> Result<RunResult, String> {
+    let (opts, env) = (cx.opts, cx.env);
     let proto = s.proto();
     let mut pair = pairs::start(res.system, proto, env)
         .map_err(|e| format!("starting the {} pair: {e}", pairs::proto_label(proto)))?;
@@ -336,11 +346,11 @@ fn measure(
                 Duration::from_secs(2)
             },
         };
-        if let Err(e) = oha::run(oha_bin, pair.entry, &warm) {
+        if let Err(e) = oha::run(cx.oha, pair.entry, &warm) {
             eprintln!("warning: warm-up of {} failed: {e}", res.system.name());
         }
     }
-    let r = run_one(s, &mut pair, opts, oha_bin, rt, env, idle_n)?;
+    let r = run_one(s, &mut pair, cx)?;
     pair.check_alive()?;
     if s == Scenario::H1C4 {
         res.steady_rss = pair.samples().iter().map(|s| s.rss).collect();
@@ -385,15 +395,14 @@ fn cpu(samples: &[Sample]) -> f64 {
     samples.iter().map(|s| s.cpu).sum()
 }
 
-fn run_one(
-    s: Scenario,
-    pair: &mut Pair,
-    opts: &Opts,
-    oha_bin: &Path,
-    rt: &tokio::runtime::Runtime,
-    env: &Env,
-    idle_n: usize,
-) -> Result<RunResult, String> {
+fn run_one(s: Scenario, pair: &mut Pair, cx: &Ctx<'_>) -> Result<RunResult, String> {
+    let Ctx {
+        opts,
+        oha: oha_bin,
+        rt,
+        env,
+        idle_n,
+    } = *cx;
     let before = pair.samples();
     let mut r = RunResult::default();
     match s {
