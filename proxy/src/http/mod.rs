@@ -111,7 +111,7 @@ where
 /// Drives `served` to its end; once draining starts, `shutdown` asks it to finish the
 /// requests in flight and close. `served` is polled first, and the drain signal costs an atomic
 /// load per poll after its first (see [`crate::drain::Signal`]).
-async fn until_drained<S, E>(
+pub(crate) async fn until_drained<S, E>(
     drain: &crate::drain::Drain,
     served: S,
     shutdown: impl FnOnce(std::pin::Pin<&mut S>),
