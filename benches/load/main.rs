@@ -36,7 +36,7 @@ pub struct Opts {
     pub systems: Vec<System>,
     /// Worker threads of every proxy.
     pub threads: usize,
-    /// Interleaved rounds of each fixed-rate run (the table shows their medians).
+    /// Interleaved rounds of every run but the idle connections (the table shows their medians).
     pub rounds: usize,
     /// Length of each fixed-rate run.
     pub duration: Duration,

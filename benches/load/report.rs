@@ -24,7 +24,7 @@ pub struct Report {
     pub duration_s: f64,
     /// Seconds per maximum-rate run.
     pub max_duration_s: f64,
-    /// Interleaved rounds of each fixed-rate run.
+    /// Interleaved rounds of every run but the idle connections.
     pub rounds: usize,
     /// `/proc/loadavg` before.
     pub load_before: String,

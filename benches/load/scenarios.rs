@@ -70,12 +70,13 @@ impl Scenario {
         Self::ALL.into_iter().find(|x| x.id() == s)
     }
 
-    /// Interleaved rounds: `--rounds` for the fixed-rate latency runs, whose percentiles move
-    /// more from run to run than the proxies differ; one for the others.
+    /// Interleaved rounds: `--rounds` for every run whose figure moves from run to run by as
+    /// much as the proxies differ (latency percentiles, maximum rates, handshakes, MB/s); one
+    /// for the idle connections, whose memory per connection does not.
     pub fn rounds(self, opts: &Opts) -> usize {
-        match self.load(opts) {
-            Some(l) if l.rate.is_some() => opts.rounds,
-            _ => 1,
+        match self {
+            Scenario::Idle => 1,
+            _ => opts.rounds,
         }
     }
 
