@@ -6,17 +6,17 @@
 mod tlsutil;
 
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::HandshakeKind;
 use tlsutil::*;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use warden_identity::tls::{
-    Alpn, ClientTlsStream, InPlaceTls, TlsError, TlsProvider, TlsSettings, alpn,
+    Alpn, ClientTlsStream, InPlaceTls, RECORDS_AT_ONCE, TlsError, TlsProvider, TlsSettings, alpn,
 };
 
 type Pair<S> = (InPlaceTls<S>, ClientTlsStream<TcpStream>);
@@ -251,6 +251,55 @@ async fn a_forged_record_fails_the_stream_and_the_client_gets_bad_record_mac() {
     // The stream stays failed, and the client is told why.
     assert!(ss.read(&mut buf).await.is_err());
     assert!(ss.write_all(b"no").await.is_err());
+    let e = read_error(&mut cs).await;
+    assert!(e.to_string().contains("BadRecordMac"), "{e}");
+}
+
+/// Records that arrived together are handed out together (one vectored write for a copy
+/// loop), consumed across their boundaries, and a bad record behind them fails the stream
+/// only once the good ones before it are consumed.
+#[tokio::test]
+async fn records_received_together_are_lent_together_and_a_bad_one_after_them_waits() {
+    let mesh = Mesh::new();
+    let (mut ss, mut cs) = pair(&mesh).await;
+    for part in [&b"one"[..], b"two", b"three"] {
+        cs.write_all(part).await.unwrap();
+        cs.flush().await.unwrap();
+    }
+    let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+    forged.extend_from_slice(&[0xa5; 0x40]);
+    cs.get_mut().0.write_all(&forged).await.unwrap();
+    // Three records of 5 + n + 1 + 16 bytes and the forged one, all in the server's socket.
+    let total = 25 + 25 + 27 + forged.len();
+    let mut peek = vec![0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while ss.get_ref().peek(&mut peek).await.unwrap() < total {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the records did not arrive");
+
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut bufs = [IoSlice::new(&[]); RECORDS_AT_ONCE];
+    let Poll::Ready(Ok(n)) = ss.poll_fill_bufs(&mut cx, &mut bufs) else {
+        panic!("the received records were not handed out");
+    };
+    let got: Vec<&[u8]> = bufs[..n].iter().map(|b| &**b).collect();
+    assert_eq!(got, [&b"one"[..], b"two", b"three"]);
+    // Across a record boundary.
+    Pin::new(&mut ss).consume(5);
+    let mut bufs = [IoSlice::new(&[]); RECORDS_AT_ONCE];
+    let Poll::Ready(Ok(n)) = ss.poll_fill_bufs(&mut cx, &mut bufs) else {
+        panic!("the rest was not handed out");
+    };
+    let got: Vec<&[u8]> = bufs[..n].iter().map(|b| &**b).collect();
+    assert_eq!(got, [&b"o"[..], b"three"]);
+    Pin::new(&mut ss).consume(6);
+    // Only now the forged record fails the stream, and the client is told why.
+    let e = read_error(&mut ss).await;
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    assert!(e.to_string().contains("a TLS record from the peer"), "{e}");
     let e = read_error(&mut cs).await;
     assert!(e.to_string().contains("BadRecordMac"), "{e}");
 }

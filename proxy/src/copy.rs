@@ -19,13 +19,13 @@
 //! ([`ReadVectored`]), and the records are sealed where they lie.
 
 use std::future::poll_fn;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use warden_identity::tls::{InPlaceTls, SendSlots};
+use warden_identity::tls::{InPlaceTls, RECORDS_AT_ONCE, SendSlots};
 
 /// A source that reads into several buffers at once, in order (a socket's `readv`).
 pub trait ReadVectored {
@@ -75,6 +75,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LendingWrite for InPlaceTls<S> {
 
     fn unlend(self: Pin<&mut Self>) {
         self.get_mut().unlend();
+    }
+}
+
+/// A source that lends every chunk it has buffered at once (a TLS stream's opened records),
+/// so they go out in one vectored write; [`AsyncBufRead::consume`] takes bytes across them.
+pub trait BufReadVectored: AsyncBufRead {
+    /// The buffered chunks as `bufs[..n]`, reading only when there is none; `Ok(0)` at EOF.
+    fn poll_fill_bufs<'a>(
+        self: Pin<&'a mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSlice<'a>; RECORDS_AT_ONCE],
+    ) -> Poll<io::Result<usize>>;
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> BufReadVectored for InPlaceTls<S> {
+    fn poll_fill_bufs<'a>(
+        self: Pin<&'a mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSlice<'a>; RECORDS_AT_ONCE],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_fill_bufs(cx, bufs)
     }
 }
 
@@ -250,9 +271,10 @@ impl Direction {
 }
 
 impl Direction {
-    /// Like [`Self::poll_copy`] for a source that lends its buffered bytes ([`AsyncBufRead`],
-    /// like a TLS stream that decrypts in place): they are written from its buffer, and this
-    /// direction holds no buffer of its own.
+    /// Like [`Self::poll_copy`] for a source that lends its buffered bytes
+    /// ([`BufReadVectored`], like a TLS stream that decrypts in place): they are written from
+    /// its buffer, every record already received in one vectored write, and this direction
+    /// holds no buffer of its own.
     fn poll_copy_lent<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -260,23 +282,24 @@ impl Direction {
         mut w: Pin<&mut W>,
     ) -> Poll<io::Result<u64>>
     where
-        R: AsyncBufRead + ?Sized,
+        R: BufReadVectored + ?Sized,
         W: AsyncWrite + ?Sized,
     {
         if self.done {
             return Poll::Ready(Ok(self.total));
         }
         while !self.read_done {
-            let data = match r.as_mut().poll_fill_buf(cx) {
-                Poll::Ready(Ok(data)) => data,
+            let mut bufs = [IoSlice::new(&[]); RECORDS_AT_ONCE];
+            let k = match r.as_mut().poll_fill_bufs(cx, &mut bufs) {
+                Poll::Ready(Ok(k)) => k,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return self.poll_pending_after_flush(cx, w.as_mut()),
             };
-            if data.is_empty() {
+            if k == 0 {
                 self.read_done = true;
                 break;
             }
-            let n = ready!(w.as_mut().poll_write(cx, data))?;
+            let n = ready!(w.as_mut().poll_write_vectored(cx, &bufs[..k]))?;
             self.wrote(n)?;
             r.as_mut().consume(n);
         }
@@ -396,7 +419,7 @@ where
 pub async fn copy_bidirectional_sealing<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
     A: ReadVectored + AsyncWrite + Unpin + ?Sized,
-    B: AsyncBufRead + LendingWrite + Unpin + ?Sized,
+    B: BufReadVectored + LendingWrite + Unpin + ?Sized,
 {
     both_ways(
         a,
@@ -412,7 +435,7 @@ where
 /// bytes `b`->`a`).
 pub async fn copy_bidirectional_in_place<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
-    A: AsyncBufRead + LendingWrite + Unpin + ?Sized,
+    A: BufReadVectored + LendingWrite + Unpin + ?Sized,
     B: ReadVectored + AsyncWrite + Unpin + ?Sized,
 {
     let (ba, ab) = copy_bidirectional_sealing(b, a).await?;

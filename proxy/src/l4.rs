@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-use warden_identity::tls::SendSlots;
+use warden_identity::tls::{RECORDS_AT_ONCE, SendSlots};
 
-use crate::copy::{LendingWrite, ReadVectored};
+use crate::copy::{BufReadVectored, LendingWrite, ReadVectored};
 
 use crate::limits::LimitCounters;
 use crate::metrics::TcpCounters;
@@ -84,6 +84,16 @@ impl<S: AsyncBufRead + Unpin> AsyncBufRead for Activity<'_, S> {
     }
 }
 
+impl<S: BufReadVectored + Unpin> BufReadVectored for Activity<'_, S> {
+    fn poll_fill_bufs<'a>(
+        self: Pin<&'a mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSlice<'a>; RECORDS_AT_ONCE],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_fill_bufs(cx, bufs)
+    }
+}
+
 impl<S: ReadVectored + Unpin> ReadVectored for Activity<'_, S> {
     fn poll_read_vectored(
         mut self: Pin<&mut Self>,
@@ -127,6 +137,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<'_, S> {
             self.touch();
         }
         r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -173,6 +199,16 @@ impl<S: AsyncBufRead + Unpin> AsyncBufRead for Counted<S> {
     }
 }
 
+impl<S: BufReadVectored + Unpin> BufReadVectored for Counted<S> {
+    fn poll_fill_bufs<'a>(
+        self: Pin<&'a mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSlice<'a>; RECORDS_AT_ONCE],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_fill_bufs(cx, bufs)
+    }
+}
+
 impl<S: ReadVectored + Unpin> ReadVectored for Counted<S> {
     fn poll_read_vectored(
         mut self: Pin<&mut Self>,
@@ -216,6 +252,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
             self.counters.add_sent(*n as u64);
         }
         r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counters.add_sent(*n as u64);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -273,7 +325,7 @@ pub async fn forward_in_place<C, U>(
     limits: ForwardLimits<'_>,
 ) -> io::Result<(u64, u64)>
 where
-    C: AsyncBufRead + LendingWrite + Unpin,
+    C: BufReadVectored + LendingWrite + Unpin,
     U: ReadVectored + AsyncWrite + Unpin,
 {
     forward_with!(client, upstream, counters, limits, |c, u, _size| {
@@ -292,7 +344,7 @@ pub async fn forward_sealing<C, U>(
 ) -> io::Result<(u64, u64)>
 where
     C: ReadVectored + AsyncWrite + Unpin,
-    U: AsyncBufRead + LendingWrite + Unpin,
+    U: BufReadVectored + LendingWrite + Unpin,
 {
     forward_with!(client, upstream, counters, limits, |c, u, _size| {
         crate::copy::copy_bidirectional_sealing(c, u)

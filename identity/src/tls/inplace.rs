@@ -75,6 +75,10 @@ const SEND_PLAINTEXT: usize = 16348;
 const SLOT: usize = HEADER + SEND_PLAINTEXT + TRAILER;
 /// Records lent to a writer at most at once ([`InPlaceTls::poll_lend`]).
 pub const SLOTS: usize = 4;
+/// Records whose plaintext [`InPlaceTls::poll_fill_bufs`] hands out at most at once.
+pub const RECORDS_AT_ONCE: usize = 8;
+/// Records opened ahead of the one being consumed.
+const QUEUED: usize = RECORDS_AT_ONCE - 1;
 /// Receive and send buffers while data flows on a forwarded (L4) stream: four records. The
 /// receive buffer always has room for the largest record a peer may send.
 const LARGE: usize = SLOTS * SLOT;
@@ -435,6 +439,9 @@ impl<C: Side> Handshake<C> {
             rstart: 0,
             rend,
             plain: 0..0,
+            queued: Default::default(),
+            queued_len: 0,
+            deferred: None,
             early: self.early,
             early_pos: 0,
             eof: false,
@@ -687,6 +694,13 @@ pub struct InPlaceTls<S> {
     rend: usize,
     /// Decrypted application data inside `rbuf` not yet consumed.
     plain: Range<usize>,
+    /// Application data of records opened after `plain`'s, in order, not yet consumed
+    /// (`queued[..queued_len]`; only [`InPlaceTls::poll_fill_bufs`] opens them ahead).
+    queued: [Range<usize>; QUEUED],
+    queued_len: usize,
+    /// A record that failed to open after others were opened ahead: reported once their
+    /// plaintext is consumed.
+    deferred: Option<Fault>,
     early: Vec<u8>,
     early_pos: usize,
     eof: bool,
@@ -751,6 +765,39 @@ impl<S> InPlaceTls<S> {
         self.tickets
     }
 
+    /// Consumes `amt` bytes of opened application data, across records.
+    fn consume_plain(&mut self, mut amt: usize) {
+        loop {
+            let n = amt.min(self.plain.len());
+            self.plain.start += n;
+            amt -= n;
+            if !self.plain.is_empty() || self.queued_len == 0 {
+                return;
+            }
+            self.plain = self.queued[0].clone();
+            self.queued.rotate_left(1);
+            self.queued_len -= 1;
+        }
+    }
+
+    /// Opens the records already received behind the current one, as many as are complete
+    /// and fit the queue; reads nothing. A record that fails to open is reported after the
+    /// ones before it are consumed.
+    fn open_ahead(&mut self) {
+        while !self.plain.is_empty()
+            && self.queued_len < QUEUED
+            && self.deferred.is_none()
+            && self.failed.is_none()
+            && !self.peer_closed
+        {
+            match self.next_record() {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(fault) => self.deferred = Some(fault),
+            }
+        }
+    }
+
     /// Decrypts the next complete record in the buffer. `Ok(false)` when none is complete.
     fn next_record(&mut self) -> Result<bool, Fault> {
         let avail = &self.rbuf[self.rstart..self.rend];
@@ -805,7 +852,12 @@ impl<S> InPlaceTls<S> {
                 if !range.is_empty() {
                     self.key_updates_in_a_row = 0;
                 }
-                self.plain = range;
+                if self.plain.is_empty() {
+                    self.plain = range;
+                } else if !range.is_empty() {
+                    self.queued[self.queued_len] = range;
+                    self.queued_len += 1;
+                }
                 Ok(true)
             }
             ContentType::Alert => self.on_alert(range).map(|()| true),
@@ -1203,6 +1255,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
+    /// Like [`AsyncBufRead::poll_fill_buf`], but hands out the plaintext of every record
+    /// already received (up to [`RECORDS_AT_ONCE`], each opened in place) as `bufs[..n]`, so
+    /// a copy loop writes them with one vectored write. `Ok(0)` at the end of the stream.
+    /// [`AsyncBufRead::consume`] takes bytes across them, in order.
+    pub fn poll_fill_bufs<'a>(
+        &'a mut self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSlice<'a>; RECORDS_AT_ONCE],
+    ) -> Poll<io::Result<usize>> {
+        let first = ready!(Pin::new(&mut *self).poll_fill_buf(cx))?.len();
+        if first == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        if self.early_pos < self.early.len() {
+            bufs[0] = IoSlice::new(&self.early[self.early_pos..]);
+            return Poll::Ready(Ok(1));
+        }
+        self.open_ahead();
+        let this: &'a Self = self;
+        bufs[0] = IoSlice::new(&this.rbuf[this.plain.clone()]);
+        for (b, r) in bufs[1..].iter_mut().zip(&this.queued[..this.queued_len]) {
+            *b = IoSlice::new(&this.rbuf[r.clone()]);
+        }
+        Poll::Ready(Ok(1 + this.queued_len))
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for InPlaceTls<S> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
@@ -1212,6 +1292,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for InPlaceTls<S> {
         loop {
             if !this.plain.is_empty() {
                 return Poll::Ready(Ok(&this.rbuf[this.plain.clone()]));
+            }
+            if let Some(fault) = this.deferred.take() {
+                this.fail(cx, fault);
+                continue;
             }
             if let Some(f) = &this.failed {
                 return Poll::Ready(Err(f.to_io()));
@@ -1251,7 +1335,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for InPlaceTls<S> {
                 this.early_pos = 0;
             }
         } else {
-            this.plain.start = (this.plain.start + amt).min(this.plain.end);
+            this.consume_plain(amt);
         }
     }
 }

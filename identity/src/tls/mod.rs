@@ -26,6 +26,6 @@ pub use config::{TlsConfigs, TlsSettings, crypto_provider};
 pub(crate) use credentials::pem_certs as credentials_pem_certs;
 pub use credentials::{TrustBundle, WorkloadCredentials};
 pub use error::{CredentialsError, PeerCertError, Purpose, TlsError};
-pub use inplace::{InPlaceTls, SLOTS, SendSlots};
+pub use inplace::{InPlaceTls, RECORDS_AT_ONCE, SLOTS, SendSlots};
 pub use provider::{Accepted, ClientTlsStream, InPlaceAccepted, ServerTlsStream, TlsProvider};
 pub use verify::{check_secure_naming, peer_identity, peer_identity_checked, spiffe_id_of};
