@@ -13,10 +13,11 @@
 //! an interactive exchange is written at once, never held back.
 //!
 //! With an in-place TLS stream ([`InPlaceTls`]) on one side, neither direction has a buffer of
-//! its own: TLS to plain writes the plaintext from the buffer it was decrypted in (the source
-//! lends it, [`AsyncBufRead`]); plain to TLS reads the bytes straight into the slots of the
-//! next records ([`LendingWrite`]), one vectored read for up to four records
-//! ([`ReadVectored`]), and the records are sealed where they lie.
+//! its own: TLS to plain writes the plaintext from the buffer it was decrypted in, every record
+//! already received in one vectored write (the source lends them, [`BufReadVectored`]); plain
+//! to TLS reads the bytes straight into the slots of the next records ([`LendingWrite`]), one
+//! vectored read for up to four records ([`ReadVectored`]), and the records are sealed where
+//! they lie.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice, IoSliceMut};
