@@ -1253,9 +1253,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
         }
         Ok(())
     }
-}
 
-impl<S: AsyncRead + AsyncWrite + Unpin> InPlaceTls<S> {
     /// Like [`AsyncBufRead::poll_fill_buf`], but hands out the plaintext of every record
     /// already received (up to [`RECORDS_AT_ONCE`], each opened in place) as `bufs[..n]`, so
     /// a copy loop writes them with one vectored write. `Ok(0)` at the end of the stream.
