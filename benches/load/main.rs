@@ -46,12 +46,15 @@ pub struct Opts {
     pub idle: Option<usize>,
     /// Bytes of the TCP bulk transfer.
     pub bulk_bytes: u64,
+    /// Congestion control of the TCP bulk sender's socket (None: the system's default).
+    pub bulk_congestion: Option<String>,
     /// Where results go.
     pub out: PathBuf,
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--smoke] [--scenarios LIST] [--systems LIST]
-       [--threads N] [--rounds N] [--duration SECS] [--max-duration SECS] [--idle N] [--bulk-mib N] [--out DIR]
+       [--threads N] [--rounds N] [--duration SECS] [--max-duration SECS] [--idle N] [--bulk-mib N]
+       [--bulk-congestion NAME|system] [--out DIR]
 scenarios: h1-c4 h1-c16 h1-c64 h2-c4 h1-max h1-newconn handshake tcp-bulk idle (start to ready: always)
 systems: direct warden envoy haproxy";
 
@@ -74,6 +77,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         max_duration: Duration::from_secs(15),
         idle: None,
         bulk_bytes: 1 << 30,
+        bulk_congestion: Some("reno".to_owned()),
         out: root.join("benches").join("results"),
     };
     let (mut duration, mut max_duration, mut bulk, mut rounds) = (None, None, None, None);
@@ -105,6 +109,9 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--max-duration" => max_duration = Some(Duration::from_secs_f64(num(a, val(a)?)?)),
             "--idle" => o.idle = Some(num(a, val(a)?)? as usize),
             "--bulk-mib" => bulk = Some((num(a, val(a)?)? * 1048576.0) as u64),
+            "--bulk-congestion" => {
+                o.bulk_congestion = Some(val(a)?).filter(|v| v != "system");
+            }
             "--out" => o.out = PathBuf::from(val(a)?),
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),

@@ -30,6 +30,8 @@ pub struct Report {
     pub load_before: String,
     /// `/proc/loadavg` after.
     pub load_after: String,
+    /// Congestion control of the TCP bulk sender's socket.
+    pub bulk_congestion: String,
     /// Versions of the tools.
     pub versions: BTreeMap<String, String>,
     /// Per system.
@@ -257,6 +259,13 @@ pub fn markdown(rep: &Report) -> String {
         rep.load_before,
         rep.load_after
     );
+    if !rep.bulk_congestion.is_empty() {
+        let _ = writeln!(
+            md,
+            "The TCP bulk sender's socket uses congestion control {}.\n",
+            rep.bulk_congestion
+        );
+    }
     let _ = write!(md, "| figure |");
     for s in &rep.systems {
         let _ = write!(md, " {} |", s.system.name());

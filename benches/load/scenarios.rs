@@ -161,12 +161,34 @@ fn idle_capacity() -> usize {
     ((hard.saturating_sub(600)) / 2).min(10_000)
 }
 
+/// A run directory of its own under `runs`, named by the UTC start (`-2`, `-3`... when a run
+/// started in the same second), and its name.
+fn fresh_run_dir(runs: &std::path::Path) -> Result<(String, std::path::PathBuf), String> {
+    std::fs::create_dir_all(runs).map_err(|e| format!("{}: {e}", runs.display()))?;
+    let stamp = report::timestamp();
+    for n in 1..100 {
+        let name = if n == 1 {
+            stamp.clone()
+        } else {
+            format!("{stamp}-{n}")
+        };
+        let dir = runs.join(&name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok((name, dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        }
+    }
+    Err(format!(
+        "{}: 99 runs started at {stamp} already",
+        runs.display()
+    ))
+}
+
 /// Runs everything; Ok(false) when a scenario failed for a system that was not skipped.
 pub fn run_all(opts: &Opts) -> Result<bool, String> {
     let tools = tools_dir();
-    let stamp = report::timestamp();
-    let dir = tools.join("runs").join(&stamp);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (stamp, dir) = fresh_run_dir(&tools.join("runs"))?;
     let warden = std::path::PathBuf::from(env!("CARGO_BIN_EXE_warden"));
     let pki = dir.join("pki");
     pairs::make_pki(&warden, &pki, &["client", "server"])?;
@@ -201,6 +223,11 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
         rounds: opts.rounds,
         load_before,
         load_after: String::new(),
+        bulk_congestion: if opts.scenarios.contains(&Scenario::TcpBulk) {
+            bulk_congestion(opts)
+        } else {
+            String::new()
+        },
         versions: BTreeMap::new(),
         systems: Vec::new(),
     };
@@ -367,9 +394,21 @@ fn measure(s: Scenario, res: &mut SystemResult, cx: &Ctx<'_>) -> Result<RunResul
     Ok(r)
 }
 
+/// The TCP bulk sender's congestion control, as the report names it.
+pub fn bulk_congestion(opts: &Opts) -> String {
+    match &opts.bulk_congestion {
+        Some(cc) => cc.clone(),
+        None => format!("{} (system default)", tcp::default_congestion()),
+    }
+}
+
 fn describe(s: Scenario, opts: &Opts, idle_n: usize) -> String {
     match s {
-        Scenario::TcpBulk => format!("{} MiB through the pair", opts.bulk_bytes >> 20),
+        Scenario::TcpBulk => format!(
+            "{} MiB through the pair, sender congestion control {}",
+            opts.bulk_bytes >> 20,
+            bulk_congestion(opts)
+        ),
         Scenario::Idle => format!("{idle_n} idle connections"),
         Scenario::Handshake => format!(
             "full mTLS handshakes, 4 at a time, {:.1} s",
@@ -408,7 +447,11 @@ fn run_one(s: Scenario, pair: &mut Pair, cx: &Ctx<'_>) -> Result<RunResult, Stri
     let mut r = RunResult::default();
     match s {
         Scenario::TcpBulk => {
-            r.mb_per_s = Some(rt.block_on(tcp::bulk(pair.entry, opts.bulk_bytes))?);
+            r.mb_per_s = Some(rt.block_on(tcp::bulk(
+                pair.entry,
+                opts.bulk_bytes,
+                opts.bulk_congestion.as_deref(),
+            ))?);
         }
         Scenario::Idle => {
             if pair.procs.is_empty() {

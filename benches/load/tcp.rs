@@ -10,14 +10,25 @@ use std::time::{Duration, Instant};
 use rustls::client::Resumption;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use warden_identity::TrustDomain;
 use warden_identity::tls::{Alpn, TlsProvider, TlsSettings, TrustBundle, WorkloadCredentials};
 
-/// Sends `bytes` through `entry` to the TCP sink and waits for its byte count.
-/// Returns MB/s (10^6 bytes per second) over the whole transfer.
-pub async fn bulk(entry: SocketAddr, bytes: u64) -> Result<f64, String> {
-    let mut s = TcpStream::connect(entry)
+/// Sends `bytes` through `entry` to the TCP sink and waits for its byte count, from a socket
+/// with `congestion` control (None: the system's default). Returns MB/s (10^6 bytes per
+/// second) over the whole transfer.
+pub async fn bulk(entry: SocketAddr, bytes: u64, congestion: Option<&str>) -> Result<f64, String> {
+    let socket = if entry.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("TCP bulk sender socket: {e}"))?;
+    if let Some(cc) = congestion {
+        set_congestion(&socket, cc)?;
+    }
+    let mut s = socket
+        .connect(entry)
         .await
         .map_err(|e| format!("connect {entry}: {e}"))?;
     let mut greet = [0u8; 1];
@@ -47,6 +58,31 @@ pub async fn bulk(entry: SocketAddr, bytes: u64) -> Result<f64, String> {
         return Err(format!("the upstream received {got} bytes of {bytes}"));
     }
     Ok(bytes as f64 / elapsed / 1e6)
+}
+
+/// Sets `socket`'s congestion control to `cc` and checks that the kernel took it.
+fn set_congestion(socket: &TcpSocket, cc: &str) -> Result<(), String> {
+    let sock = socket2::SockRef::from(socket);
+    sock.set_tcp_congestion(cc.as_bytes())
+        .map_err(|e| format!("TCP bulk sender: congestion control {cc:?}: {e}"))?;
+    let got = sock
+        .tcp_congestion()
+        .map_err(|e| format!("TCP bulk sender: reading congestion control back: {e}"))?;
+    let got = String::from_utf8_lossy(&got);
+    let got = got.trim_end_matches('\0');
+    if got != cc {
+        return Err(format!(
+            "TCP bulk sender: asked for congestion control {cc:?}, the socket has {got:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// The system's default TCP congestion control (`net.ipv4.tcp_congestion_control`).
+pub fn default_congestion() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 /// Opens `n` connections through `entry`, each waiting for the upstream's greeting, so every
