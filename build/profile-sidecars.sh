@@ -8,7 +8,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUN=${1:-$(ls -d "$ROOT"/target/bench-tools/runs/*/ | sort | tail -1)}
-RUN=${RUN%/}
+RUN=$(cd "$RUN" && pwd)
 BIN=$ROOT/target/release/warden
 OHA=$ROOT/target/bench-tools/oha/bin/oha
 W=$(mktemp -d)
